@@ -1,0 +1,148 @@
+"""Checkpoints: safetensors weights plus a JSON file, written atomically, loaded without pickle.
+
+A checkpoint folder holds ``model.safetensors`` and ``model.json``. The JSON carries the
+model spec (and, for pruned models, the per-layer channels), so the folder alone rebuilds
+the model, as nanoGPT's checkpoints carry ``model_args``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amc.errors import AmcError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise AmcError(f"file not found: {path}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise AmcError(f"cannot read {path}: {e}") from e
+    except json.JSONDecodeError as e:
+        raise AmcError(f"corrupt JSON in {path}: {e.msg} at line {e.lineno}") from e
+
+
+# --------------------------------------------------------------------------- weights
+
+def save_weights(path: str | Path, model: nn.Module) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(state))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file or a ``.pt``/``.pth`` state_dict, never running pickled code."""
+    path = Path(path)
+    if not path.exists():
+        raise AmcError(f"weights file not found: {path}")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise AmcError(f"cannot read weights file: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise AmcError(f"corrupt or truncated safetensors file {path}: {e}") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise AmcError(f"refusing to load {path}: it holds pickled objects beyond plain tensors "
+                       "(only state_dicts load, with weights_only=True)") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise AmcError(f"corrupt or unreadable weights file {path}: {str(e).splitlines()[0]}") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AmcError(f"{path} is not a state_dict of tensors")
+    return obj
+
+
+def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """Load ``state`` strictly; a mismatch becomes one readable line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    bad_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if bad_shape:
+            k = bad_shape[0]
+            parts.append(f"{len(bad_shape)} shape mismatches (first: {k} is {tuple(state[k].shape)}, "
+                         f"model wants {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+        raise AmcError(f"{source} do not fit the model: " + "; ".join(parts))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise AmcError(f"{source} hold NaN or inf values (first: {bad[0]})")
+    model.load_state_dict(state, strict=True)
+
+
+def shipped_weights(model_name: str, dataset: str) -> Path | None:
+    p = WEIGHTS_DIR / dataset / f"{model_name}.safetensors"
+    return p if p.is_file() else None
+
+
+def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
+    """Write ``model.safetensors`` then ``model.json``; the JSON lands last, so a folder with a
+    JSON always has complete weights."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out / "model.safetensors", model)
+    atomic_write_json(out / "model.json", meta)
+    return out
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

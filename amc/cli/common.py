@@ -1,0 +1,93 @@
+"""Arguments and helpers shared by several commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amc.errors import AmcError
+
+
+def add_model_args(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    p.add_argument("--model", default="plain20",
+                   help="zoo name (plain20, resnet20, resnet56, vgg16, mobilenet, mobilenetv2), "
+                        "tv:NAME for a torchvision model, or path/to/file.py:factory (default: plain20)")
+    if weights:
+        p.add_argument("--weights", default=None,
+                       help=".safetensors or .pt state_dict; zoo models default to the shipped weights")
+    p.add_argument("--width", type=float, default=None, help="width multiplier of a zoo model (default 1.0)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist (default), cifar10 or imagefolder:PATH")
+    p.add_argument("--data-dir", default=None,
+                   help="where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, then download)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="override per-channel normalisation mean")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="override per-channel normalisation std")
+    p.add_argument("--reward-set-size", type=int, default=5000,
+                   help="images held out of the training split for rewards and model selection (default 5000)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the reward-set split (default 0)")
+    p.add_argument("--image-size", type=int, default=224, help="image size for imagefolder: datasets (default 224)")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to compute (default cpu)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def setup_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            raise AmcError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+
+
+def load_data(args: argparse.Namespace):
+    from amc.data import load_splits
+
+    return load_splits(args.dataset, args.data_dir, args.split_seed, args.reward_set_size,
+                       args.mean, args.std, args.image_size)
+
+
+def check_finite(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False) -> float:
+    if value is None or not math.isfinite(value):
+        raise AmcError(f"{name} must be a finite number, got {value}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise AmcError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise AmcError(f"{name} must be <= {hi}, got {value}")
+    return value
+
+
+def fresh_out_dir(path: str, force: bool = False) -> Path:
+    """An output folder that does not yet hold results; refusing protects finished work."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise AmcError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise AmcError(f"{out} already exists and is not empty; choose another --out or delete it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".amc_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise AmcError(f"cannot write to {out}: {e.strerror or e}") from e
+    return out
+
+
+def emit(result: dict[str, Any], as_json: bool, table: str | None = None) -> None:
+    """Print ``table`` for people, or ``result`` as the last line of stdout for machines."""
+    if as_json:
+        print(json.dumps(result, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    else:
+        print(table if table is not None else json.dumps(result, indent=2, default=str))
+    sys.stdout.flush()

@@ -1,0 +1,40 @@
+"""``amc eval``: test top-1, FLOPs and params of a model (latency with ``--checkpoint``)."""
+from __future__ import annotations
+
+import argparse
+
+from amc.cli.common import add_common, add_data_args, add_model_args, emit, load_data, setup_threads
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a model: test top-1, FLOPs, params",
+                       description="Evaluate a model on the test set (the one place the test set is used).")
+    add_model_args(p)
+    add_data_args(p)
+    add_common(p)
+    p.add_argument("--checkpoint", default=None,
+                   help="a folder written by amc prune/finetune/export; adds latency vs. the base model")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from amc.flops import count_macs, count_params
+    from amc.loading import resolve_model
+    from amc.train import evaluate, resolve_device
+
+    setup_threads(args)
+    if args.checkpoint:
+        from amc.cli.eval_checkpoint import run_checkpoint
+
+        return run_checkpoint(args)
+    device = resolve_device(args.device)
+    splits = load_data(args)
+    model, spec, weights = resolve_model(args.model, args.weights, splits.info, args.width)
+    shape = splits.test.shape
+    flops, params = count_macs(model, shape), count_params(model)
+    top1 = evaluate(model.to(device), splits.test, device)
+    res = {"model": spec.name, "weights": weights, "dataset": args.dataset, "top1": top1,
+           "flops": flops, "params": params}
+    emit(res, args.json, f"{spec.name} on {args.dataset} test set: top-1 {top1:.2f}%  "
+                         f"{flops / 1e6:.2f}M MACs  {params / 1e6:.3f}M params")
+    return 0

@@ -1,0 +1,9 @@
+"""``amc finetune``: not built yet."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="(coming soon)")
+    p.set_defaults(func=None)

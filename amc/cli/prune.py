@@ -1,0 +1,9 @@
+"""``amc prune``: not built yet."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="(coming soon)")
+    p.set_defaults(func=None)

@@ -1,0 +1,125 @@
+"""The training loop shared by ``amc train`` and ``amc finetune``.
+
+SGD with Nesterov momentum, a cosine schedule, random-crop/flip augmentation, TensorBoard
+logs, and model selection on the reward set (never on the test set).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from amc.data import DataSplits, ImageSet
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    """Passes over the training part (training split minus the reward set)."""
+    batch_size: int = 128
+    """Images per SGD step."""
+    lr: float = 0.1
+    """Peak learning rate; a cosine schedule takes it to zero."""
+    momentum: float = 0.9
+    """SGD (Nesterov) momentum."""
+    weight_decay: float = 5e-4
+    """L2 penalty on conv and linear weights."""
+    seed: int = 0
+    """Seed for shuffling and augmentation."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda``."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from amc.errors import AmcError
+
+        raise AmcError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageSet, device: torch.device | str = "cpu", batch_size: int = 1000) -> float:
+    """Top-1 accuracy in percent of ``model`` on ``data``."""
+    model.eval()
+    correct = 0
+    for x, y in data.batches(batch_size):
+        out = model(x.to(device, non_blocking=True))
+        correct += int((out.argmax(1).cpu() == y).sum())
+    return 100.0 * correct / max(1, len(data))
+
+
+def train(model: nn.Module, splits: DataSplits, cfg: TrainConfig, out_dir: str | Path | None = None,
+          progress: bool = True) -> dict:
+    """Train ``model`` in place; it ends holding the weights with the best reward-set accuracy."""
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)  # about 20% faster convs on CPU
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    steps_per_epoch = math.ceil(len(splits.train) / cfg.batch_size)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    writer = None
+    if out_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(out_dir) / "tb"))
+    best = {"reward_top1": -1.0, "epoch": -1}
+    best_state = copy.deepcopy(model.state_dict())
+    history = []
+    t0 = time.time()
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        bar = tqdm(splits.train.batches(cfg.batch_size, shuffle=True, augment=True, seed=cfg.seed * 1000 + epoch),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        run_loss, run_n = 0.0, 0
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            run_loss += float(loss.detach()) * len(y)
+            run_n += len(y)
+            step += 1
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{run_loss / run_n:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
+                if writer:
+                    writer.add_scalar("train/loss", run_loss / run_n, step)
+                    writer.add_scalar("train/lr", sched.get_last_lr()[0], step)
+        reward_top1 = evaluate(model, splits.reward, device)
+        history.append({"epoch": epoch, "train_loss": run_loss / max(1, run_n), "reward_top1": reward_top1})
+        if writer:
+            writer.add_scalar("eval/reward_top1", reward_top1, epoch)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {run_loss / max(1, run_n):.4f}  "
+                       f"reward-set top-1 {reward_top1:.2f}%  ({time.time() - t0:.0f}s)", file=sys.stderr)
+        if reward_top1 > best["reward_top1"]:
+            best = {"reward_top1": reward_top1, "epoch": epoch}
+            best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format)
+    if writer:
+        writer.close()
+    return {**best, "history": history, "seconds": time.time() - t0, "config": asdict(cfg)}
