@@ -11,7 +11,7 @@ import math
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise AmcError(f"weights file not found: {path}")
     if not path.is_file() or not os.access(path, os.R_OK):
         raise AmcError(f"cannot read weights file: {path}")
+    if path.stat().st_size == 0:
+        raise AmcError(f"weights file is empty: {path}")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -93,17 +95,29 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise AmcError(f"corrupt or truncated safetensors file {path}: {e}") from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # torch warns on stderr about unusual pickle protocols; the CLI's stderr is one error line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise AmcError(f"refusing to load {path}: it holds pickled objects beyond plain tensors "
-                       "(only state_dicts load, with weights_only=True)") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise AmcError(f"corrupt or unreadable weights file {path}: {str(e).splitlines()[0]}") from e
+        # weights_only names the blocked GLOBAL when the pickle would build arbitrary objects
+        why = ("it holds pickled objects beyond plain tensors" if "GLOBAL" in str(e)
+               else "it is not a plain torch.save state_dict, or it is corrupt")
+        raise AmcError(f"refusing to load {path}: {why} (only state_dicts load, with weights_only=True)") from e
+    except Exception as e:  # a damaged file makes torch.load raise KeyError, IndexError, RuntimeError, ...
+        raise AmcError(f"corrupt or unreadable weights file {path}: {_first_sentence(e)}") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in obj.items()):
         raise AmcError(f"{path} is not a state_dict of tensors")
     return obj
+
+
+def _first_sentence(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,8 +155,17 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+# Two switches for tests and air-gapped machines, so the "data not found" path can be exercised
+# where the Debian package is installed: AMC_NO_SYSTEM_DATA=1 ignores DEBIAN_FASHION_MNIST, and
+# AMC_OFFLINE=1 never tries a download (it fails with the same message as a failed download).
 def _fashion_mnist_dir(data_dir: str | None) -> Path | None:
-    candidates = [data_dir, os.environ.get("AMC_DATA"), str(DEBIAN_FASHION_MNIST)]
+    candidates = [data_dir, os.environ.get("AMC_DATA")]
+    if not _env_flag("AMC_NO_SYSTEM_DATA"):
+        candidates.append(str(DEBIAN_FASHION_MNIST))
     for c in candidates:
         if c and _find_idx(Path(c), "train-images-idx3-ubyte") is not None:
             return Path(c)
@@ -173,13 +183,15 @@ def load_fashion_mnist(data_dir: str | None) -> tuple[tuple[torch.Tensor, torch.
 
         dl = _download_root(data_dir)
         try:
+            if _env_flag("AMC_OFFLINE"):
+                raise ConnectionError("AMC_OFFLINE is set")
             torchvision.datasets.FashionMNIST(str(dl), train=True, download=True)
             torchvision.datasets.FashionMNIST(str(dl), train=False, download=True)
         except Exception as e:  # network errors come in many types
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e).strip() else type(e).__name__
             raise AmcError(
-                "Fashion-MNIST not found and could not be downloaded "
-                f"({type(e).__name__}); install Debian's package dataset-fashion-mnist "
-                "(apt-get install dataset-fashion-mnist) or pass --data-dir with the idx files") from e
+                f"Fashion-MNIST not found and could not be downloaded ({reason}); install Debian's package "
+                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or pass --data-dir with the idx files") from e
         root = dl
     out = []
     for split in ("train", "t10k"):
@@ -205,6 +217,8 @@ def load_cifar10(data_dir: str | None) -> tuple[tuple[torch.Tensor, torch.Tensor
             try:
                 ds = torchvision.datasets.CIFAR10(str(root), train=train, download=False)
             except RuntimeError:
+                if _env_flag("AMC_OFFLINE"):
+                    raise
                 ds = torchvision.datasets.CIFAR10(str(root), train=train, download=True)
         except Exception as e:
             raise AmcError(f"CIFAR-10 not found under {root} and could not be downloaded "
@@ -263,8 +277,10 @@ def load_splits(dataset: str = "fashion-mnist", data_dir: str | None = None, see
         s = tuple(std) if std is not None else info.std
         if len(m) not in (1, info.in_channels) or len(s) not in (1, info.in_channels):
             raise AmcError(f"--mean/--std need 1 or {info.in_channels} values")
-        if any(v <= 0 or v != v for v in s):
-            raise AmcError("--std values must be positive")
+        if not all(math.isfinite(v) for v in m):
+            raise AmcError("--mean values must be finite numbers")
+        if not all(math.isfinite(v) and v > 0 for v in s):
+            raise AmcError("--std values must be positive finite numbers")
         info = DatasetInfo(info.name, info.in_channels, info.num_classes, info.image_size,
                            m * (info.in_channels // len(m)), s * (info.in_channels // len(s)), info.crop_padding)
     n = len(ytr)

@@ -1,0 +1,140 @@
+"""Exact resource accounting for a channel plan, channel rounding and AMC's action wall.
+
+Written by hand because no library offers it: AMC's wall (spec §3) needs the FLOPs of the
+whole network as a function of each group's kept channel count. Every conv/linear's MACs
+and params are linear in the kept count of each group it touches, so the total is
+``other + this * kept_t`` when every other count is fixed, and the wall is exact.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from amc.errors import AmcError
+from amc.graph import LayerGraph
+
+
+class ResourceModel:
+    """FLOPs (MACs) or params of the model for any per-group kept channel counts."""
+
+    def __init__(self, graph: LayerGraph, kind: str = "flops") -> None:
+        if kind not in ("flops", "params"):
+            raise AmcError(f"budget resource must be 'flops' or 'params', got {kind!r}")
+        self.graph, self.kind = graph, kind
+        # per layer: (in group, out group, callable of (cin, cout))
+        self._layers = [(li.in_group, li.out_group, li.macs if kind == "flops" else li.params, li.cin, li.cout)
+                        for li in graph.layers.values()]
+        # affine BN: 2 params per channel; those outside every group never change
+        self._bn = [g for _, g in graph.norms.values() if g is not None]
+        self._fixed = 0
+        if kind == "params":
+            self._fixed = graph.other_params + sum(2 * f for f, g in graph.norms.values() if g is None)
+        self.full = self(self.full_counts())
+
+    def full_counts(self) -> list[int]:
+        return [g.channels for g in self.graph.groups]
+
+    def __call__(self, counts: Sequence[int]) -> int:
+        total = self._fixed
+        for gin, gout, fn, cin, cout in self._layers:
+            total += fn(cin if gin is None else counts[gin], cout if gout is None else counts[gout])
+        if self.kind == "params":
+            total += sum(2 * counts[g] for g in self._bn)
+        return int(total)
+
+
+def allowed_counts(channels: int, channel_round: int) -> list[int]:
+    """Channel counts a group may keep: multiples of ``channel_round``, and all of them."""
+    if channel_round <= 1:
+        return list(range(1, channels + 1))
+    out = list(range(channel_round, channels + 1, channel_round))
+    if not out or out[-1] != channels:
+        out.append(channels)
+    return out
+
+
+def round_channels(ratio: float, channels: int, channel_round: int) -> int:
+    """``max(1, round(ratio * c))``, then the nearest allowed count (ties go up)."""
+    want = max(1, int(math.floor(ratio * channels + 0.5)))
+    allowed = allowed_counts(channels, channel_round)
+    return min(allowed, key=lambda a: (abs(a - want), -a))
+
+
+@dataclass
+class PruningState:
+    """One episode's stepwise decisions, with the budget wall (spec §3).
+
+    ``step(ratio)`` takes the agent's preserve ratio for the current group and returns the
+    ratio actually applied, after the wall and channel rounding. With ``target`` set, the
+    final model's resource is at or under ``target * full``, always: at every step the
+    decided groups plus every later group at its lower bound fit the budget.
+    """
+
+    resource: ResourceModel
+    target: float | None = 0.5  # fraction of the full resource; None: no wall
+    lbound: float = 0.2
+    channel_round: int = 1
+    counts: list[int] = field(default_factory=list)
+    t: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.lbound <= 1.0) or not math.isfinite(self.lbound):
+            raise AmcError(f"lower bound must be in (0, 1], got {self.lbound}")
+        if self.target is not None and (not math.isfinite(self.target) or not (0.0 < self.target <= 1.0)):
+            raise AmcError(f"budget target must be in (0, 1], got {self.target}")
+        if self.channel_round < 1:
+            raise AmcError(f"channel_round must be >= 1, got {self.channel_round}")
+        groups = self.resource.graph.groups
+        if not groups:
+            raise AmcError("the model has no prunable layer")
+        self.min_counts = [round_channels(self.lbound, g.channels, self.channel_round) for g in groups]
+        if self.target is not None:
+            lowest = self.resource(self.min_counts) / self.resource.full
+            if lowest > self.target + 1e-12:
+                raise AmcError(f"budget {self.target:.3f} is unreachable: with every prunable layer at the lower "
+                               f"bound {self.lbound} the model keeps {lowest:.3f} of its {self.resource.kind}")
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts = self.resource.full_counts()
+        self.t = 0
+
+    @property
+    def done(self) -> bool:
+        return self.t >= len(self.counts)
+
+    @property
+    def budget(self) -> float:
+        return math.inf if self.target is None else self.target * self.resource.full
+
+    def wall(self) -> int:
+        """The largest count for the current group that keeps the budget reachable."""
+        t, g = self.t, self.resource.graph.groups[self.t]
+        if self.target is None:
+            return g.channels
+        trial = self.counts[:t] + [0] + self.min_counts[t + 1:]
+        other = self.resource(trial)
+        trial[t] = 1
+        this = self.resource(trial) - other
+        if this <= 0:
+            return g.channels
+        k_max = math.floor((self.budget - other) / this + 1e-9)
+        fitting = [a for a in allowed_counts(g.channels, self.channel_round) if a <= k_max]
+        return max(fitting) if fitting else 0
+
+    def step(self, ratio: float) -> float:
+        """Apply the preserve ratio for the current group; returns the ratio actually kept."""
+        if self.done:
+            raise AmcError("episode already finished")
+        if not math.isfinite(ratio):
+            raise AmcError(f"preserve ratio must be a finite number, got {ratio}")
+        g = self.resource.graph.groups[self.t]
+        want = round_channels(min(max(ratio, self.lbound), 1.0), g.channels, self.channel_round)
+        kept = max(min(want, self.wall()), self.min_counts[self.t])
+        self.counts[self.t] = kept
+        self.t += 1
+        return kept / g.channels
+
+    def ratio(self) -> float:
+        return self.resource(self.counts) / self.resource.full

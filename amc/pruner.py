@@ -1,0 +1,127 @@
+"""The channel pruner: AMC's environment without the reinforcement learning.
+
+:class:`ChannelPruner` holds what a search needs once (layer graph, FLOPs model, channel
+scores, cached normal equations) and turns per-group kept counts into a slim, reconstructed
+model. The Gymnasium environment in ``envs/`` drives it one step per group.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from amc.budget import PruningState, ResourceModel, round_channels
+from amc.embedding import LayerEmbedding
+from amc.errors import AmcError
+from amc.graph import LayerGraph, build_layer_graph
+from amc.reconstruct import FeatureCache
+from amc.selection import get_criterion, top_k
+from amc.surgery import channel_plan, masked_model, slim_model
+
+
+class ChannelPruner:
+    """Prunes one trained model to any per-group channel counts.
+
+    Args:
+        model: the trained, unpruned model (kept unmodified, in eval mode).
+        input_shape: one input's ``(C, H, W)``.
+        calibration_batches: training images for reconstruction; None disables it.
+        coupled: ``"skip"`` or ``"shared"`` for residual-tied channels (see :mod:`amc.graph`).
+        criterion: channel-selection criterion name (see :mod:`amc.selection`).
+        points_per_image: sampled output positions per calibration image.
+        seed: seed of the calibration sampling.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, int, int],
+                 calibration_batches: Iterable[torch.Tensor] | None = None, coupled: str = "skip",
+                 criterion: str = "l1", points_per_image: int = 10, seed: int = 0, progress: bool = False) -> None:
+        self.model = model.eval()
+        self.input_shape = tuple(input_shape)
+        self.graph: LayerGraph = build_layer_graph(model, self.input_shape, coupled)
+        if not self.graph.groups:
+            why = "; ".join(f"{n}: {r}" for n, r in self.graph.skipped) or "no conv/linear layers"
+            raise AmcError(f"the model has no prunable layer ({why})")
+        self.flops = ResourceModel(self.graph, "flops")
+        self.params = ResourceModel(self.graph, "params")
+        crit = get_criterion(criterion)
+        self.scores = [crit(model, g) for g in self.graph.groups]
+        self.embedding = LayerEmbedding(self.graph, self.flops)
+        self.cache: FeatureCache | None = None
+        if calibration_batches is not None:
+            self.cache = FeatureCache(model, self.graph, calibration_batches, points_per_image, seed, progress=progress)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.graph.groups)
+
+    def state(self, target: float | None = 0.5, lbound: float = 0.2, channel_round: int = 1,
+              resource: str = "flops") -> PruningState:
+        """A fresh stepwise state with the budget wall on ``resource`` (None: no wall)."""
+        return PruningState(self.flops if resource == "flops" else self.params, target, lbound, channel_round)
+
+    def keep_indices(self, counts: Sequence[int]) -> list[torch.Tensor]:
+        self._check_counts(counts)
+        return [top_k(self.scores[i], int(k)) for i, k in enumerate(counts)]
+
+    def _check_counts(self, counts: Sequence[int]) -> None:
+        if len(counts) != self.num_layers:
+            raise AmcError(f"policy has {len(counts)} layers but the model has {self.num_layers} prunable layers")
+        for g, k in zip(self.graph.groups, counts):
+            if not (1 <= int(k) <= g.channels):
+                raise AmcError(f"layer {g.layer}: kept channels must be in [1, {g.channels}], got {k}")
+
+    def reconstructed_weights(self, keep: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.cache is None:
+            raise AmcError("reconstruction needs calibration batches")
+        out = {}
+        for g in self.graph.groups:
+            if len(keep[g.index]) == g.channels:
+                continue
+            for name in g.consumers:
+                w = self.model.get_submodule(name).weight.data
+                out[name] = self.cache.solve(name, keep[g.index], w)
+        return out
+
+    def prune(self, counts: Sequence[int], reconstruct: bool = True) -> nn.Module:
+        """A physically slim copy keeping ``counts[g]`` channels of each group."""
+        keep = self.keep_indices(counts)
+        weights = self.reconstructed_weights(keep) if reconstruct and self.cache is not None else None
+        return slim_model(self.model, self.graph, keep, weights).eval()
+
+    def masked(self, counts: Sequence[int], reconstruct: bool = True) -> nn.Module:
+        keep = self.keep_indices(counts)
+        weights = self.reconstructed_weights(keep) if reconstruct and self.cache is not None else None
+        return masked_model(self.model, self.graph, keep, weights).eval()
+
+    def counts_from_ratios(self, ratios: Sequence[float], channel_round: int = 1) -> list[int]:
+        if len(ratios) != self.num_layers:
+            raise AmcError(f"policy has {len(ratios)} layers but the model has {self.num_layers} prunable layers")
+        for r in ratios:
+            if not (isinstance(r, (int, float)) and math.isfinite(r) and 0.0 < r <= 1.0):
+                raise AmcError(f"preserve ratios must be in (0, 1], got {r}")
+        return [round_channels(r, g.channels, channel_round) for r, g in zip(ratios, self.graph.groups)]
+
+    def uniform_counts(self, target: float, channel_round: int = 1) -> list[int]:
+        """The largest uniform preserve ratio whose FLOPs are at or under ``target`` (a baseline)."""
+        if not (math.isfinite(target) and 0.0 < target <= 1.0):
+            raise AmcError(f"FLOPs target must be in (0, 1], got {target}")
+        lo, hi = 0.0, 1.0
+        budget = target * self.flops.full
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.flops(self.counts_from_ratios([max(mid, 1e-9)] * self.num_layers, channel_round)) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        counts = self.counts_from_ratios([max(lo, 1e-9)] * self.num_layers, channel_round)
+        if self.flops(counts) > budget:
+            raise AmcError(f"FLOPs target {target} is unreachable by uniform pruning of the prunable layers")
+        return counts
+
+    def describe(self, counts: Sequence[int]) -> dict:
+        return {"flops": self.flops(counts), "params": self.params(counts),
+                "flops_ratio": self.flops(counts) / self.flops.full,
+                "params_ratio": self.params(counts) / self.params.full,
+                "layers": [{**p, "ratio": p["kept"] / p["channels"]} for p in channel_plan(self.graph, counts)]}
