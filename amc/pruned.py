@@ -1,0 +1,74 @@
+"""Slim checkpoints: save a pruned model, and rebuild it from its folder without pickle.
+
+``model.json`` stores the base model spec, the input shape, the coupling mode and the
+kept channels per group; rebuilding builds the base architecture, slices it to those
+counts and loads ``model.safetensors`` strictly. Nothing in the folder is ever unpickled.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from amc.checkpoint import load_state_dict, load_weights_into, read_json, save_checkpoint
+from amc.errors import AmcError
+from amc.graph import build_layer_graph
+from amc.models import ModelSpec, build_model
+from amc.surgery import slim_model
+
+
+def rebuild_pruned(meta: dict) -> nn.Module:
+    """The slim architecture described by a ``model.json`` (weights uninitialised)."""
+    try:
+        spec = ModelSpec.from_dict(meta["model"])
+        input_shape = tuple(int(v) for v in meta["input_shape"])
+        coupled = meta.get("coupled", "skip")
+        channels = meta.get("channels", [])
+        if len(input_shape) != 3 or not isinstance(channels, list):
+            raise ValueError
+    except (KeyError, TypeError, ValueError) as e:
+        raise AmcError("model.json lacks a valid model, input_shape or channels entry") from e
+    base = build_model(spec)
+    if not channels:
+        return base
+    graph = build_layer_graph(base, input_shape, coupled)
+    if len(channels) != len(graph.groups):
+        raise AmcError(f"model.json lists {len(channels)} pruned layers but {spec.name} has {len(graph.groups)}")
+    keep = []
+    for g, c in zip(graph.groups, channels):
+        if not isinstance(c, dict) or c.get("layer") != g.layer or c.get("channels") != g.channels:
+            raise AmcError(f"model.json layer {c.get('layer') if isinstance(c, dict) else c!r} does not match "
+                           f"{spec.name}'s layer {g.layer} ({g.channels} channels)")
+        kept = c.get("kept")
+        if not isinstance(kept, int) or not (1 <= kept <= g.channels):
+            raise AmcError(f"model.json: layer {g.layer}: kept must be an integer in [1, {g.channels}]")
+        keep.append(torch.arange(kept))
+    return slim_model(base, graph, keep)
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """Rebuild the model saved in checkpoint folder ``path`` (from prune, finetune or export)."""
+    model, _ = load_checkpoint(path)
+    return model
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """The model and the metadata of a checkpoint folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise AmcError(f"checkpoint folder not found: {folder}")
+    meta = read_json(folder / "model.json")
+    if not isinstance(meta, dict):
+        raise AmcError(f"{folder / 'model.json'} is not a JSON object")
+    model = rebuild_pruned(meta)
+    load_weights_into(model, load_state_dict(folder / "model.safetensors"), source=f"weights in {folder}")
+    return model.eval(), meta
+
+
+def save_pruned(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
+    """Write a slim checkpoint; ``meta`` must hold model, input_shape, coupled and channels."""
+    for key in ("model", "input_shape", "channels"):
+        if key not in meta:
+            raise ValueError(f"pruned checkpoint metadata needs {key!r}")
+    return save_checkpoint(out_dir, model, meta)
