@@ -91,3 +91,29 @@ def emit(result: dict[str, Any], as_json: bool, table: str | None = None) -> Non
     else:
         print(table if table is not None else json.dumps(result, indent=2, default=str))
     sys.stdout.flush()
+
+
+def add_pruner_args(p: argparse.ArgumentParser) -> None:
+    """Options of the pruning engine shared by prune, search and bench."""
+    p.add_argument("--coupled", default="skip", choices=["skip", "shared"],
+                   help="residual-tied channels: leave alone (skip, default) or prune as one shared group")
+    p.add_argument("--criterion", default="l1", help="channel selection criterion: l1 (default) or l1-producer")
+    p.add_argument("--channel-round", type=int, default=1, help="keep a multiple of this many channels (default 1)")
+    p.add_argument("--no-reconstruct", action="store_true", help="skip the least-squares weight reconstruction")
+    p.add_argument("--calib-batches", type=int, default=60, help="calibration batches for reconstruction (default 60)")
+    p.add_argument("--calib-batch-size", type=int, default=50, help="images per calibration batch (default 50)")
+    p.add_argument("--points-per-image", type=int, default=10, help="sampled positions per image (default 10)")
+
+
+def build_pruner(args: argparse.Namespace, model, splits, seed: int = 0):
+    """A ChannelPruner for ``model`` with calibration batches drawn from the training part."""
+    from amc.pruner import ChannelPruner
+
+    for name in ("calib_batches", "calib_batch_size", "points_per_image", "channel_round"):
+        if getattr(args, name) < 1:
+            raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    calib = None
+    if not args.no_reconstruct:
+        calib = splits.calibration_batches(args.calib_batches, args.calib_batch_size, seed)
+    return ChannelPruner(model, splits.train.shape, calib, coupled=args.coupled, criterion=args.criterion,
+                         points_per_image=args.points_per_image, seed=seed, progress=not getattr(args, "json", False))

@@ -70,6 +70,7 @@ def _load_factory(spec: str) -> nn.Module:
         sys.modules[mod_name] = module
         module_spec.loader.exec_module(module)
     except Exception as e:  # a user's file may raise anything while importing
+        sys.modules.pop(mod_name, None)
         raise AmcError(f"could not import {path}: {type(e).__name__}: {e}") from e
     factory = getattr(module, fname, None)
     if factory is None or not callable(factory):
@@ -117,6 +118,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
         if not (0 < spec.width <= 4):
             raise AmcError(f"width must be in (0, 4], got {spec.width}")
         return ZOO[name](in_channels=spec.in_channels, num_classes=spec.num_classes, width=spec.width)
+    if spec.width != 1.0 and (name.startswith("tv:") or ".py:" in name):
+        raise AmcError(f"--width applies to zoo models only, not to {name}")
     if name.startswith("tv:"):
         return _build_torchvision(name[3:], spec.in_channels, spec.num_classes)
     if ".py:" in name:

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny Fashion-MNIST-format dataset, the test factories, and the CLI runner."""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TINY_NET = FIXTURES / "tiny_net.py"
+TINY_TRAIN, TINY_TEST = 6000, 200
+
+# The suite runs on small machines beside other jobs; with more OpenMP threads than free cores
+# the tiny convs here ran 10-30x slower, so everything (subprocesses included) uses one thread.
+torch.set_num_threads(1)
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def exactly(message: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern matching ``message`` word for word."""
+    return f"^{re.escape(message)}$"
+
+
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """Write ``arr`` (uint8) in the idx format of the MNIST family, gzipped."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+
+
+def stamped_index(images: torch.Tensor) -> torch.Tensor:
+    """The index of each image in the tiny training split (see :func:`tiny_data_dir`)."""
+    return images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Fashion-MNIST-format folder with 6000 training and 200 test images of noise.
+
+    The first two pixels of each training image hold its index, so tests can tell which
+    images a split holds.
+    """
+    root = tmp_path_factory.mktemp("tiny-fashion-mnist")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", TINY_TRAIN), ("t10k", TINY_TEST)):
+        x = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        x[:, 0, 0], x[:, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", x)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    return root
+
+
+@pytest.fixture
+def run_amc(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``python -m amc ARGS`` in a subprocess, in ``tmp_path``, and capture its output."""
+
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "amc", *map(str, args)], cwd=tmp_path,
+                              env={**SUBPROCESS_ENV, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, message: str | None = None) -> str:
+    """Exit code 2 and stderr exactly ``error: <message>``; returns the message."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: "), proc.stderr
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    if message is not None:
+        assert lines[0] == f"error: {message}"
+    return lines[0][len("error: "):]
+
+
+@pytest.fixture
+def cli_error() -> Callable[..., str]:
+    return assert_one_error_line
