@@ -21,6 +21,9 @@ from amc.graph import LayerGraph
 class FeatureCache:
     """``X^T X`` and ``X^T Y`` (float64) for every consumer layer of every group.
 
+    Memory: ``8 * d * (d + n)`` bytes per layer, with ``d = c * k * k`` inputs and ``n`` outputs
+    (``nbytes`` reports the total; 21 MB for plain20, 0.5 GB for tv:resnet18).
+
     Args:
         model: the original model.
         graph: its layer graph.
@@ -64,13 +67,13 @@ class FeatureCache:
                 ys = yf.gather(2, pos.unsqueeze(1).expand(-1, yf.shape[1], -1)).permute(0, 2, 1).reshape(b * p, -1)
             else:
                 xs, ys = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-            xs, ys = xs.double(), ys.double()
+            # float32 products per batch (fast BLAS), float64 sums across batches (stable)
+            xtx, xty = (xs.T @ xs).double(), (xs.T @ ys).double()
             if name not in self.xtx:
-                self.xtx[name] = xs.T @ xs
-                self.xty[name] = xs.T @ ys
+                self.xtx[name], self.xty[name] = xtx, xty
             else:
-                self.xtx[name] += xs.T @ xs
-                self.xty[name] += xs.T @ ys
+                self.xtx[name] += xtx
+                self.xty[name] += xty
             self.rows[name] += xs.shape[0]
 
         wanted = set(self.layers)
