@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args._argv = argv  # recorded in checkpoints, so a run can be repeated
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "reward_top1": result["reward_top1"], "test_top1": test_top1, "best_epoch": result["epoch"],
         "train": result["config"], "history": result["history"], "seconds": round(result["seconds"], 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": "amc train " + " ".join(getattr(args, "_argv", [])),
+        "command": "amc " + " ".join(getattr(args, "_argv", [])),
     }
     save_checkpoint(out, model, meta)
     res = {k: meta[k] for k in ("flops", "params", "reward_top1", "test_top1", "best_epoch")}
