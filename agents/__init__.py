@@ -1,0 +1,12 @@
+"""The learning side of AMC: SB3's DDPG with AMC's additions, and the search loop.
+
+- :mod:`agents.noise`: truncated-normal exploration with per-episode sigma decay;
+- :mod:`agents.buffers`: the replay buffer that gives every transition its episode's final
+  reward and centres batches with a moving baseline;
+- :mod:`agents.ddpg`: split actor/critic learning rates and the exploration schedule, on
+  SB3's DDPG, TD3 and SAC;
+- :mod:`agents.callbacks`: episode logs, the best policy, TensorBoard curves, progress bar;
+- :mod:`agents.search`: :class:`~agents.search.SearchConfig` and :func:`~agents.search.run_search`.
+
+Imports go one way: ``agents`` -> ``envs`` -> ``amc``.
+"""

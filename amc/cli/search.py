@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", default="acc", choices=["acc", "flops", "params"],
                    help="acc: -Error with the budget wall; flops / params: -Error*log(FLOPs or params), "
                         "no wall (default acc)")
-    p.add_argument("--target-flops", "--target", dest="target", type=float, default=None,
+    p.add_argument("--target-flops", "--target", dest="target", type=float, default=None, metavar="R",
                    help="budget for --reward acc: fraction of FLOPs (or of params with --budget params) "
                         "to keep, in (0, 1] (default 0.5)")
     p.add_argument("--budget", default="flops", choices=["flops", "params"],
@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--sigma", type=float, default=0.5,
                        help="initial exploration sigma, in preserve-ratio units (default 0.5)")
     agent.add_argument("--sigma-decay", type=float, default=0.95, help="sigma's decay per episode (default 0.95)")
-    agent.add_argument("--eval-batch-size", type=int, default=1000, help="reward-set images per forward pass (default 1000)")
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="reward-set images per forward pass (default 256 on CPU, 1024 on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

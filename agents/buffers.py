@@ -1,0 +1,76 @@
+"""AMC's replay buffer: every transition carries its episode's final reward (paper §3.4).
+
+AMC's reward only exists once the whole network is pruned and evaluated, so the official
+code holds an episode's transitions until it ends and then stores each of them with the
+final reward. It also stores the preserve ratio actually applied (after the action wall and
+rounding, spec §3), not the raw actor output, and it centres every sampled batch with a
+moving-average baseline (spec §5):
+
+    b <- b + 0.5 * (mean(r_batch) - b),   r <- r - b
+
+SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` does the storage and the
+sampling; this subclass adds only those three things.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+class EpisodeRewardBuffer(ReplayBuffer):
+    """Holds an episode's transitions until it ends, then writes them with its final reward.
+
+    Args:
+        buffer_size, observation_space, action_space, device, n_envs, **kwargs: as for
+            SB3's ReplayBuffer (one env only: an episode is a sequence of layers).
+        baseline_rate: the moving baseline's step size (official: 0.5); 0 turns it off.
+        applied_action_key: the ``info`` key holding the applied action in the env's action
+            space; when present it replaces the stored action. None keeps SB3's action.
+    """
+
+    def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Box,
+                 device: Any = "auto", n_envs: int = 1, baseline_rate: float = 0.5,
+                 applied_action_key: str | None = "applied_action", **kwargs: Any) -> None:
+        if n_envs != 1:
+            raise ValueError("EpisodeRewardBuffer needs a single environment")
+        super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs, **kwargs)
+        self.baseline_rate = baseline_rate
+        self.applied_action_key = applied_action_key
+        self.baseline: float | None = None
+        self.pending: list[tuple] = []
+
+    def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+            done: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """Queue one step; on the episode's last step, store all of them with its reward."""
+        info = infos[0] if infos else {}
+        if self.applied_action_key is not None and self.applied_action_key in info:
+            action = self._to_buffer_scale(info[self.applied_action_key])
+        # the vec env reuses its arrays, so keep copies until the episode ends
+        self.pending.append((np.array(obs), np.array(next_obs), np.array(action), np.array(done), [dict(info)]))
+        if not bool(np.asarray(done).reshape(-1)[0]):
+            return
+        final = np.asarray(reward, dtype=np.float32).reshape(1)
+        for o, no, a, d, inf in self.pending:
+            super().add(o, no, a, final, d, inf)
+        self.pending = []
+
+    def _to_buffer_scale(self, applied: Any) -> np.ndarray:
+        """An action in the env's Box as SB3 stores it: rescaled to [-1, 1]."""
+        low, high = self.action_space.low, self.action_space.high
+        a = np.asarray(applied, dtype=np.float32).reshape(1, -1)
+        return (2.0 * (a - low) / (high - low) - 1.0).astype(np.float32)
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        """A uniform batch whose rewards are centred by the moving baseline."""
+        batch = super().sample(batch_size, env)
+        if self.baseline_rate <= 0:
+            return batch
+        mean = float(batch.rewards.mean())
+        # the official code starts the baseline at the first batch's mean
+        self.baseline = mean if self.baseline is None else self.baseline + self.baseline_rate * (mean - self.baseline)
+        return batch._replace(rewards=batch.rewards - self.baseline)

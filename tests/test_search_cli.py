@@ -1,0 +1,221 @@
+"""``amc search`` end to end: files, TensorBoard, budget, determinism, every algo, bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from amc.cli import main
+from conftest import SUBPROCESS_ENV, assert_one_error_line, write_idx
+
+TINY_FACTORY = '''
+from torch import nn
+
+
+def factory():
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+'''
+
+
+def square_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise with one white square whose side tells the class: learnable in seconds, and
+    pruning visibly hurts it, so episodes get different rewards."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    x = rng.integers(0, 120, size=(n, 28, 28), dtype=np.uint8)
+    for i, k in enumerate(y):
+        side = 4 + 2 * k
+        r, c = rng.integers(0, 29 - side, size=2)
+        x[i, r:r + side, c:c + side] = 255
+    return x, y.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A square-images dataset, ``tiny.py:factory`` and its lightly trained weights."""
+    root = tmp_path_factory.mktemp("search")
+    data = root / "data"
+    data.mkdir()
+    for split, n, seed in (("train", 1000, 0), ("t10k", 100, 1)):
+        x, y = square_images(n, seed)
+        write_idx(data / f"{split}-images-idx3-ubyte.gz", x)
+        write_idx(data / f"{split}-labels-idx1-ubyte.gz", y)
+    (root / "tiny.py").write_text(TINY_FACTORY)
+    namespace: dict = {}
+    exec(TINY_FACTORY, namespace)
+    torch.manual_seed(0)
+    model = namespace["factory"]()
+    x, y = square_images(1000, 0)
+    xt = (torch.from_numpy(x).float().unsqueeze(1) / 255 - 0.2860) / 0.3530
+    yt = torch.from_numpy(y).long()
+    opt = torch.optim.Adam(model.parameters(), 0.02)
+    for _ in range(60):
+        idx = torch.randint(0, len(yt), (100,))
+        loss = F.cross_entropy(model(xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), root / "tiny.pt")
+    return {"root": root, "data": data, "model": root / "tiny.py", "weights": root / "tiny.pt"}
+
+
+def search_args(setup: dict[str, Path], run: Path, *extra: str) -> list[str]:
+    return ["search", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]),
+            "--dataset", "fashion-mnist", "--data-dir", str(setup["data"]), "--reward-set-size", "200",
+            "--calib-batches", "2", "--calib-batch-size", "20", "--run", str(run), *extra]
+
+
+def popen_amc(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "amc", *args], cwd=cwd, env=SUBPROCESS_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_episodes(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+
+
+def test_search_end_to_end_and_deterministic(setup):
+    """Two seeded DDPG searches in subprocesses (side by side): outputs, curves, budget, equality."""
+    root = setup["root"]
+    args = ("--episodes", "6", "--warmup", "2", "--target-flops", "0.5", "--seed", "3", "--json")
+    procs = [popen_amc(search_args(setup, root / name, *args), root) for name in ("run_a", "run_b")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err and "search" in err  # the progress bar is on stderr
+    run = root / "run_a"
+    for name in ("config.json", "best_policy.json", "best_policy.png", "episodes.jsonl"):
+        assert (run / name).is_file(), name
+
+    result = json.loads(outs[0][0].strip().splitlines()[-1])
+    assert result["episodes"] == 6
+    assert "best_test_top1" not in result and "test_top1" not in json.dumps(result)
+    best = json.loads((run / "best_policy.json").read_text())
+    assert best["flops_ratio"] <= 0.5 and best["flops"] <= 0.5 * json.loads((run / "config.json").read_text())["flops"]
+    assert result["best_reward"] == best["reward"] and result["best_flops_ratio"] == best["flops_ratio"]
+    assert {"layers", "reward", "reward_top1", "episode"} <= best.keys()
+
+    episodes = read_episodes(run)
+    assert [e["episode"] for e in episodes] == list(range(6))
+    for e in episodes:
+        assert {"reward", "reward_top1", "flops_ratio", "params_ratio", "ratios"} <= e.keys()
+        assert e["flops_ratio"] <= 0.5 and e["reward"] == pytest.approx(e["reward_top1"] / 100 - 1)
+    assert max(e["reward"] for e in episodes) == best["reward"]
+    assert len({e["reward"] for e in episodes}) > 1  # the rewards tell policies apart
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["episodes"] == 6 and config["config"]["seed"] == 3
+    assert config["split"]["reward_set_size"] == 200
+    assert {"torch", "torchvision", "stable-baselines3", "gymnasium", "numpy", "amc"} <= config["versions"].keys()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = acc.Tags()
+    for tag in ("episode/reward", "episode/reward_top1", "episode/flops_ratio", "episode/params_ratio",
+                "best/reward", "train/actor_loss", "train/critic_loss"):
+        assert tag in tags["scalars"], tag
+    assert [s.step for s in acc.Scalars("episode/reward")] == list(range(6))
+    assert [s.value for s in acc.Scalars("episode/reward")] == pytest.approx([e["reward"] for e in episodes])
+    assert [s.step for s in acc.Scalars("train/critic_loss")] == [2, 3, 4, 5]  # updates after each post-warm-up episode
+    assert "best/policy" in tags["images"]
+    assert any("best/policy" in t for t in tags["tensors"])  # the text table
+
+    # same seed, same CPU: the same curve and the same best policy
+    other = root / "run_b"
+    assert [e["reward"] for e in read_episodes(other)] == [e["reward"] for e in episodes]
+    assert [e["ratios"] for e in read_episodes(other)] == [e["ratios"] for e in episodes]
+    assert json.loads((other / "best_policy.json").read_text())["layers"] == best["layers"]
+
+
+@pytest.mark.parametrize("algo,reward", [("td3", "acc"), ("sac", "params"), ("random", "flops")])
+def test_other_algos_and_rewards(setup, tmp_path, capsys, algo, reward):
+    run = tmp_path / "run"
+    extra = ["--target-flops", "0.4"] if reward == "acc" else []
+    code = main(search_args(setup, run, "--algo", algo, "--reward", reward, "--episodes", "3", "--warmup", "1",
+                            "--quiet", "--json", *extra))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    episodes = read_episodes(run)
+    assert result["episodes"] == len(episodes) == 3
+    assert result["best_reward"] == max(e["reward"] for e in episodes)
+    if reward == "acc":
+        assert all(e["flops_ratio"] <= 0.4 for e in episodes)
+    if reward != "acc":
+        resource = "flops" if reward == "flops" else "params"
+        best = json.loads((run / "best_policy.json").read_text())
+        assert best["reward"] == pytest.approx((best["reward_top1"] / 100 - 1) * np.log(best[resource]))
+    if algo == "random":  # uniform on [lbound, 1]
+        assert all(0.2 - 1 / 16 <= r <= 1.0 for e in episodes for r in e["ratios"])
+
+
+def test_random_search_is_deterministic_and_seed_matters(setup, tmp_path, capsys):
+    curves = []
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert main(search_args(setup, tmp_path / name, "--algo", "random", "--episodes", "3", "--seed", seed,
+                                "--quiet")) == 0
+        curves.append([e["ratios"] for e in read_episodes(tmp_path / name)])
+    capsys.readouterr()
+    assert curves[0] == curves[1] != curves[2]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target-flops", "nan"], "--target-flops must be in (0, 1], got nan"),
+    (["--target-flops", "0"], "--target-flops must be in (0, 1], got 0.0"),
+    (["--target-flops", "1.5"], "--target-flops must be in (0, 1], got 1.5"),
+    (["--episodes", "10", "--warmup", "10"],
+     "--episodes (10) must be greater than --warmup (10), or the agent never learns"),
+    # argparse quotes the choices in some Python versions and not in others
+    (["--reward", "latency"], "argument --reward: invalid choice: 'latency' (choose from *acc*, *flops*, *params*) "
+                              "(see: amc search --help)"),
+    (["--algo", "ppo"], "argument --algo: invalid choice: 'ppo' (choose from *ddpg*, *td3*, *sac*, *random*) "
+                        "(see: amc search --help)"),
+    (["--lbound", "0"], "--lbound must be in (0, 1], got 0.0"),
+    (["--target-flops", "0.01"], None),  # unreachable at the lower bound: the engine says why
+])
+def test_bad_input_is_one_error_line(setup, tmp_path, capsys, extra, message):
+    run = tmp_path / "run"
+    try:
+        code = main(search_args(setup, run, "--quiet", *extra))
+    except SystemExit as e:  # argparse errors exit from inside the parser
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    if message is not None:
+        assert lines[0].replace("'", "*") == f"error: {message}".replace("'", "*")
+    else:
+        assert "unreachable" in lines[0]
+    assert not run.exists() or not any(run.iterdir())  # nothing written
+
+
+def test_unknown_model_and_non_empty_run_folder(setup, tmp_path, capsys):
+    args = search_args(setup, tmp_path / "run", "--quiet")
+    args[args.index("--model") + 1] = "resnet1000"
+    args[args.index("--weights"):args.index("--weights") + 2] = []
+    assert main(args) == 2
+    assert "resnet1000" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "episodes.jsonl").write_text("{}\n")
+    assert main(search_args(setup, busy, "--quiet")) == 2
+    assert capsys.readouterr().err == (f"error: run folder {busy} already exists and is not empty; "
+                                       "choose another --run or delete it\n")
+    assert (busy / "episodes.jsonl").read_text() == "{}\n"
+
+
+def test_bad_input_in_a_real_subprocess(setup, tmp_path, run_amc):
+    proc = run_amc(*search_args(setup, tmp_path / "run", "--target-flops", "nan"))
+    assert assert_one_error_line(proc) == "--target-flops must be in (0, 1], got nan"
