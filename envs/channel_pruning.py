@@ -151,6 +151,8 @@ class ChannelPruningEnv(gym.Env):
     def reward_top1(self, model: torch.nn.Module) -> float:
         """Top-1 accuracy (percent) on the reward set, in big batches of cached tensors."""
         model.eval()
+        if self.device.type == "cpu":  # matches the channels-last cached reward tensors
+            model.to(memory_format=torch.channels_last)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for i in range(0, len(self.reward_y), self.eval_batch_size):
             out = model(self.reward_x[i:i + self.eval_batch_size])
