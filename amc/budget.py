@@ -3,7 +3,8 @@
 Written by hand because no library offers it: AMC's wall (spec §3) needs the FLOPs of the
 whole network as a function of each group's kept channel count. Every conv/linear's MACs
 and params are linear in the kept count of each group it touches, so the total is
-``other + this * kept_t`` when every other count is fixed, and the wall is exact.
+``other + this * kept_t`` when every other count is fixed; a layer whose input and output
+are the same group is the one quadratic exception, which the wall checks exactly.
 """
 from __future__ import annotations
 
@@ -91,7 +92,9 @@ class PruningState:
         self.min_counts = [round_channels(self.lbound, g.channels, self.channel_round) for g in groups]
         if self.target is not None:
             lowest = self.resource(self.min_counts) / self.resource.full
-            if lowest > self.target + 1e-12:
+            # the same comparison as the guarantee, or a target equal to the floor passes here
+            # and ends the episode a rounding error over target * full
+            if self.resource(self.min_counts) > self.budget:
                 raise AmcError(f"budget {self.target:.3f} is unreachable: with every prunable layer at the lower "
                                f"bound {self.lbound} the model keeps {lowest:.3f} of its {self.resource.kind}")
         self.reset()
@@ -121,7 +124,14 @@ class PruningState:
             return g.channels
         k_max = math.floor((self.budget - other) / this + 1e-9)
         fitting = [a for a in allowed_counts(g.channels, self.channel_round) if a <= k_max]
-        return max(fitting) if fitting else 0
+        # A layer that reads and writes this group (a residual block's last conv with
+        # coupled="shared") adds a term quadratic in the count, so the linear estimate is an
+        # upper bound only: confirm it exactly, stepping down if need be.
+        for a in reversed(fitting):
+            trial[t] = a
+            if self.resource(trial) <= self.budget:
+                return a
+        return 0
 
     def step(self, ratio: float) -> float:
         """Apply the preserve ratio for the current group; returns the ratio actually kept."""

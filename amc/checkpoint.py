@@ -21,6 +21,8 @@ from torch import nn
 from amc.errors import AmcError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -35,6 +37,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:

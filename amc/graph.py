@@ -194,15 +194,16 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
                     and target.type not in (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR, tp.ops.OPTYPE.BN):
                 problem = f"carries layer {name} ({type(m).__name__}) that we cannot slice"
         seen.update(producers)
-        label = ", ".join(sorted(set(producers), key=lambda n: infos[n].order))
+        # a grouped conv is no producer of ours, so it names its own skipped set
+        label = ", ".join(sorted(set(producers), key=lambda n: infos[n].order)) or info.name
         if any(p in out_layers for p in producers):
             skipped.append((label, "network output (class logits)"))
             continue
+        if problem:  # before "no consumer": a consumer we cannot slice is not counted as one
+            skipped.append((label, problem))
+            continue
         if not consumers:
             skipped.append((label, "no consumer conv/linear to read the channels"))
-            continue
-        if problem:
-            skipped.append((label, problem))
             continue
         if residual and coupled == "skip":
             skipped.append((label, "tied to a residual add (left alone; use coupled='shared' to prune as one group)"))

@@ -7,6 +7,7 @@ counts and loads ``model.safetensors`` strictly. Nothing in the folder is ever u
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -16,6 +17,9 @@ from amc.errors import AmcError
 from amc.graph import build_layer_graph
 from amc.models import ModelSpec, build_model
 from amc.surgery import slim_model
+
+if TYPE_CHECKING:
+    from amc.data import DataSplits
 
 
 def rebuild_pruned(meta: dict) -> nn.Module:
@@ -61,6 +65,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     meta = read_json(folder / "model.json")
     if not isinstance(meta, dict):
         raise AmcError(f"{folder / 'model.json'} is not a JSON object")
+    if meta.get("kind") == "base" and "channels" not in meta:
+        raise AmcError(f"{folder} holds an unpruned model from amc train, not a slim checkpoint "
+                       f"(prune it first: amc prune --weights {folder / 'model.safetensors'} ...)")
     model = rebuild_pruned(meta)
     load_weights_into(model, load_state_dict(folder / "model.safetensors"), source=f"weights in {folder}")
     return model.eval(), meta
@@ -72,3 +79,29 @@ def save_pruned(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
         if key not in meta:
             raise ValueError(f"pruned checkpoint metadata needs {key!r}")
     return save_checkpoint(out_dir, model, meta)
+
+
+def load_recorded_splits(meta: dict, data_dir: str | None = None) -> DataSplits:
+    """The data splits a checkpoint was made with: same dataset, split seed, reward-set size and
+    normalisation, so fine-tuning selects on the same held-out reward set (spec §7).
+
+    A reward set that differs from the recorded one (other data under ``data_dir``) is refused.
+    """
+    from amc.data import load_splits
+
+    record = meta.get("split")
+    dataset = meta.get("dataset") or (record or {}).get("dataset")
+    try:
+        seed, size = int(record["split_seed"]), int(record["reward_set_size"])
+        mean, std = record.get("mean"), record.get("std")
+        image_size = int(meta["input_shape"][-1])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise AmcError("model.json lacks the data split record (dataset, split_seed, reward_set_size)") from e
+    if not isinstance(dataset, str):
+        raise AmcError("model.json lacks the dataset name")
+    splits = load_splits(dataset, data_dir, seed, size, mean, std, image_size)
+    want = record.get("reward_indices_sha256")
+    if want and splits.record.get("reward_indices_sha256") != want:
+        raise AmcError(f"the {dataset} data found here gives a different reward set than the checkpoint "
+                       "recorded (other data or another split); pass the original --data-dir")
+    return splits

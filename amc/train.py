@@ -48,20 +48,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageSet, device: torch.device | str = "cpu", batch_size: int = 250) -> float:
     """Top-1 accuracy in percent of ``model`` on ``data``.
 
     On CPU the model is switched to channels-last, which runs convs about 25% faster;
-    the outputs are the same.
+    the outputs are the same. The switch happens outside inference mode, so the weights
+    stay normal tensors that training can use afterwards.
     """
     model.eval()
     if torch.device(device).type == "cpu":
         model.to(memory_format=torch.channels_last)
     correct = 0
-    for x, y in data.batches(batch_size):
-        out = model(x.to(device, non_blocking=True))
-        correct += int((out.argmax(1).cpu() == y).sum())
+    with torch.inference_mode():
+        for x, y in data.batches(batch_size):
+            out = model(x.to(device, non_blocking=True))
+            correct += int((out.argmax(1).cpu() == y).sum())
     return 100.0 * correct / max(1, len(data))
 
 

@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--checkpoint", default=None,
                    help="a folder written by amc prune/finetune/export; adds latency vs. the base model")
+    from amc.cli.eval_checkpoint import add_latency_args
+
+    add_latency_args(p)
     p.set_defaults(func=run)
 
 

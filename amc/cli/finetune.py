@@ -1,9 +1,79 @@
-"""``amc finetune``: not built yet."""
+"""``amc finetune``: fine-tune a slim checkpoint with ``amc train``'s loop, on the split it was made with."""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from amc.cli.common import add_common, check_finite, emit, fresh_out_dir, setup_threads
+from amc.errors import AmcError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="(coming soon)")
-    p.set_defaults(func=None)
+    p = sub.add_parser("finetune", help="fine-tune a pruned checkpoint",
+                       description="Fine-tune a slim checkpoint (from amc prune, finetune or export) with the "
+                                   "training loop of amc train, on the data split recorded in the checkpoint. "
+                                   "The epoch kept is the one with the best reward-set accuracy (never chosen "
+                                   "on the test set); the output folder has the same format and rebuilds with "
+                                   "amc.load_pruned.")
+    p.add_argument("--checkpoint", required=True, help="a folder written by amc prune, finetune or export")
+    p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
+    p.add_argument("--out", required=True, help="output folder for model.safetensors, model.json and tb/")
+    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine to zero (default 0.01)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of shuffling and augmentation (default 0)")
+    p.add_argument("--data-dir", default=None,
+                   help="where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, then download)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from amc.pruned import load_checkpoint, load_recorded_splits, save_pruned
+    from amc.train import TrainConfig, evaluate, resolve_device, train
+
+    setup_threads(args)
+    if args.epochs < 1:
+        raise AmcError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise AmcError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_finite("--lr", args.lr, 0, lo_open=True)
+    check_finite("--weight-decay", args.weight_decay, 0)
+    device = resolve_device(args.device)
+    src = Path(args.checkpoint)
+    model, meta = load_checkpoint(src)
+    splits = load_recorded_splits(meta, args.data_dir)
+    out = fresh_out_dir(args.out)
+    model.to(device)
+    before = evaluate(model, splits.reward, device)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=args.weight_decay, seed=args.seed, device=str(device))
+    result = train(model, splits, cfg, out_dir=out, progress=not args.json)
+    test_top1 = evaluate(model, splits.test, device)
+    model.cpu()
+    new = {k: v for k, v in meta.items() if k not in ("onnx",)}  # an ONNX file describes the old weights
+    new.update({
+        "kind": "finetuned",
+        "source": {"checkpoint": str(src.resolve()), "kind": meta.get("kind"),
+                   "reward_top1": meta.get("reward_top1"), "test_top1": meta.get("test_top1")},
+        "reward_top1_before": before, "reward_top1": result["reward_top1"], "test_top1": test_top1,
+        "finetune": {"epochs": args.epochs, "best_epoch": result["epoch"], "config": result["config"],
+                     "history": result["history"], "seconds": round(result["seconds"], 1)},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": "amc " + " ".join(getattr(args, "_argv", [])),
+    })
+    save_pruned(out, model, new)
+    if result["reward_top1"] < before:
+        sys.stderr.write(f"note: no epoch beat the reward-set top-1 of the starting weights ({before:.2f}%); "
+                         f"kept the best epoch ({result['reward_top1']:.2f}%); {src} still holds the start\n")
+    res = {"reward_top1_before": before, "reward_top1": result["reward_top1"], "test_top1": test_top1,
+           "best_epoch": result["epoch"], "epochs": args.epochs, "flops": new.get("flops"),
+           "params": new.get("params"),
+           "out": str(out)}
+    emit(res, args.json, f"saved {out}: reward-set top-1 {before:.2f}% -> {result['reward_top1']:.2f}% "
+                         f"(best epoch {result['epoch'] + 1} of {args.epochs}), test top-1 {test_top1:.2f}%")
+    return 0

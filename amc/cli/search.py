@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     setup_threads(args)
     cfg = SearchConfig(
-        model=args.model, weights=args.weights, width=args.width, dataset=args.dataset, data_dir=args.data_dir,
+        model=args.model, weights=_absolute(args.weights), width=args.width, dataset=args.dataset, data_dir=_absolute(args.data_dir),
         mean=args.mean, std=args.std, image_size=args.image_size, reward_set_size=args.reward_set_size,
         split_seed=args.split_seed, reward=args.reward, target=0.5 if args.target is None else args.target,
         budget=args.budget, lbound=args.lbound,
@@ -93,3 +93,10 @@ def run(args: argparse.Namespace) -> int:
              f"wrote {res['run']}/best_policy.json; prune with: amc prune --policy {res['run']}/best_policy.json")
     emit(res, args.json, table)
     return 0
+
+
+def _absolute(path: str | None) -> str | None:
+    """Recorded in config.json: absolute, so the run can be exported from any folder."""
+    from pathlib import Path
+
+    return str(Path(path).resolve()) if path else None

@@ -1,0 +1,115 @@
+"""``amc eval --checkpoint DIR``: a slim model against its unpruned base, measured in one run.
+
+Test top-1, FLOPs, params, file size and CPU latency (batch 1 and 64) of both models, and
+the speedup. The base model is rebuilt from the checkpoint's model spec and base weights;
+latency needs only the architecture, so missing base weights cost the base top-1 alone.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amc.cli.common import emit
+from amc.errors import AmcError
+
+BATCH_SIZES = (1, 64)
+
+
+def add_latency_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeats", type=int, default=20,
+                   help="with --checkpoint: timed runs per model and batch size; the median is reported (default 20)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="with --checkpoint: untimed runs per model and batch size first (default 5)")
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    from amc.checkpoint import load_state_dict, load_weights_into
+    from amc.flops import count_macs, count_params
+    from amc.latency import interleaved_latency
+    from amc.models import ModelSpec, build_model
+    from amc.pruned import load_checkpoint, load_recorded_splits
+    from amc.train import evaluate, resolve_device
+
+    repeats, warmup = getattr(args, "repeats", 20), getattr(args, "warmup", 5)
+    if repeats < 1:
+        raise AmcError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise AmcError(f"--warmup must be >= 0, got {warmup}")
+    device = resolve_device(args.device)
+    folder = Path(args.checkpoint)
+    model, meta = load_checkpoint(folder)
+    shape = tuple(int(d) for d in meta["input_shape"])
+
+    base = build_model(ModelSpec.from_dict(meta["model"]))
+    base_record = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+    weights = base_record.get("weights")
+    missing = None
+    if not weights:
+        missing = f"{folder / 'model.json'} records no base weights"
+    elif not Path(weights).is_file():
+        missing = f"the base weights {weights} are missing"
+    else:
+        load_weights_into(base, load_state_dict(weights), source=f"base weights {Path(weights).name}")
+    if missing:
+        sys.stderr.write(f"note: {missing}; the base model's top-1 is not reported (its FLOPs, params and "
+                         "latency need only the architecture)\n")
+
+    splits = load_recorded_splits(meta, args.data_dir)
+    top1 = evaluate(model.to(device), splits.test, device)
+    base_top1 = None if missing else evaluate(base.to(device), splits.test, device)
+
+    lat = interleaved_latency({"pruned": model, "base": base}, shape, BATCH_SIZES, repeats, warmup)
+    res: dict[str, Any] = {
+        "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
+        "dataset": splits.info.name, "top1": top1, "flops": count_macs(model, shape),
+        "params": count_params(model), "file_bytes": (folder / "model.safetensors").stat().st_size,
+    }
+    for b in BATCH_SIZES:
+        res[f"latency_ms_b{b}"] = lat["pruned"][b].median_ms
+    res.update({"base_top1": base_top1, "base_weights": weights, "base_weights_missing": missing is not None,
+                "base_flops": count_macs(base, shape), "base_params": count_params(base),
+                "base_file_bytes": _safetensors_bytes(base)})
+    for b in BATCH_SIZES:
+        res[f"base_latency_ms_b{b}"] = lat["base"][b].median_ms
+    for b in BATCH_SIZES:
+        res[f"speedup_b{b}"] = lat["base"][b].median_ms / lat["pruned"][b].median_ms
+    res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
+                "threads": torch.get_num_threads(), "latency_device": "cpu", "repeats": repeats, "warmup": warmup,
+                "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in BATCH_SIZES}})
+    emit(res, args.json, _table(res, missing))
+    return 0
+
+
+def _safetensors_bytes(model: torch.nn.Module) -> int:
+    """Size of ``model``'s weights in the format of a checkpoint's ``model.safetensors``."""
+    from safetensors.torch import save
+
+    return len(save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
+
+
+def _table(r: dict, missing: str | None) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}%"
+
+    rows = [("", "pruned", "base", "ratio"),
+            ("test top-1", pct(r["top1"]), pct(r["base_top1"]), ""),
+            ("MACs", f"{r['flops'] / 1e6:.2f}M", f"{r['base_flops'] / 1e6:.2f}M", f"{r['flops_ratio']:.3f}"),
+            ("params", f"{r['params'] / 1e6:.3f}M", f"{r['base_params'] / 1e6:.3f}M", f"{r['params_ratio']:.3f}"),
+            ("file", f"{r['file_bytes'] / 1024:.1f} KiB", f"{r['base_file_bytes'] / 1024:.1f} KiB",
+             f"{r['file_bytes'] / r['base_file_bytes']:.3f}")]
+    for b in BATCH_SIZES:
+        rows.append((f"latency b{b}", f"{r[f'latency_ms_b{b}']:.2f} ms", f"{r[f'base_latency_ms_b{b}']:.2f} ms",
+                     f"speedup {r[f'speedup_b{b}']:.2f}x"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [f"{r['checkpoint']} ({r['kind']}, {r['model']}) on the {r['dataset']} test set"]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+              for row in rows]
+    lines.append(f"latency: CPU, {r['threads']} thread{'s' if r['threads'] != 1 else ''}, median of "
+                 f"{r['repeats']} runs after {r['warmup']} warm-up runs, base and pruned interleaved")
+    if missing:
+        lines.append(f"base top-1 n/a: {missing}")
+    return "\n".join(lines)

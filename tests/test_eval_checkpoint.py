@@ -1,0 +1,176 @@
+"""``amc eval --checkpoint``: the slim model and its base, measured side by side in one run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import amc
+from amc.cli import main
+from amc.data import load_splits
+from amc.latency import interleaved_latency
+from amc.models import ModelSpec, build_model
+from amc.train import evaluate
+
+from conftest import TINY_NET, assert_one_error_line
+
+MODEL = f"{TINY_NET}:factory"
+JSON_KEYS = {"top1", "flops", "params", "file_bytes", "latency_ms_b1", "latency_ms_b64", "speedup_b1",
+             "speedup_b64", "base_top1", "base_flops", "base_params", "base_file_bytes", "base_latency_ms_b1",
+             "base_latency_ms_b64", "threads", "repeats", "warmup"}
+
+
+def _in_process(capsys, *args) -> subprocess.CompletedProcess:
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    torch.save(build_model(ModelSpec(MODEL, 1, 10)).state_dict(), root / "tiny.pt")
+    assert main(["prune", "--model", MODEL, "--weights", str(root / "tiny.pt"), "--data-dir", str(tiny_data_dir),
+                 "--policy", "uniform:0.5", "--reward-set-size", "300", "--calib-batches", "2",
+                 "--calib-batch-size", "8", "--out", str(root / "pruned"), "--json", "--threads", "1"]) == 0
+    return root / "pruned"
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def test_eval_checkpoint_json(run_amc, tiny_data_dir: Path, pruned: Path) -> None:
+    proc = run_amc("eval", "--checkpoint", pruned, "--data-dir", tiny_data_dir, "--threads", "1",
+                   "--repeats", "3", "--warmup", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta = json.loads((pruned / "model.json").read_text())
+    assert JSON_KEYS <= set(res)
+    assert res["threads"] == 1 and res["repeats"] == 3 and res["warmup"] == 1
+    assert res["flops"] == meta["flops"] and res["params"] == meta["params"]
+    assert res["base_flops"] == meta["base"]["flops"] and res["base_params"] == meta["base"]["params"]
+    assert res["file_bytes"] == (pruned / "model.safetensors").stat().st_size < res["base_file_bytes"]
+    assert res["top1"] == meta["test_top1"]
+    assert not res["base_weights_missing"] and res["base_weights"] == meta["base"]["weights"]
+    splits = load_splits("fashion-mnist", str(tiny_data_dir), 0, 300)
+    base = build_model(ModelSpec(MODEL, 1, 10))
+    base.load_state_dict(torch.load(meta["base"]["weights"], weights_only=True))
+    assert res["base_top1"] == evaluate(base, splits.test)
+    for b in (1, 64):
+        assert res[f"latency_ms_b{b}"] > 0 and res[f"base_latency_ms_b{b}"] > 0
+        assert res[f"speedup_b{b}"] == pytest.approx(res[f"base_latency_ms_b{b}"] / res[f"latency_ms_b{b}"])
+
+
+def test_eval_checkpoint_table(capsys, tiny_data_dir: Path, pruned: Path) -> None:
+    proc = _in_process(capsys, "eval", "--checkpoint", pruned, "--data-dir", tiny_data_dir, "--threads", "1",
+                       "--repeats", "2", "--warmup", "0")
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert [line.split()[0] for line in lines[2:8]] == ["test", "MACs", "params", "file", "latency", "latency"]
+    assert lines[-1] == ("latency: CPU, 1 thread, median of 2 runs after 0 warm-up runs, base and pruned "
+                         "interleaved")
+
+
+def test_missing_base_weights_are_named(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: Path) -> None:
+    ckpt = _copy(pruned, tmp_path / "ckpt")
+    meta = json.loads((ckpt / "model.json").read_text())
+    meta["base"]["weights"] = str(tmp_path / "gone.pt")
+    (ckpt / "model.json").write_text(json.dumps(meta))
+    proc = _in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir, "--repeats", "1",
+                       "--warmup", "0", "--json")
+    assert proc.returncode == 0
+    assert proc.stderr == (f"note: the base weights {tmp_path / 'gone.pt'} are missing; the base model's top-1 is "
+                           "not reported (its FLOPs, params and latency need only the architecture)\n")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["base_top1"] is None and res["base_weights_missing"] and res["speedup_b64"] > 0
+
+
+def test_base_weights_that_would_run_code(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: Path) -> None:
+    marker = tmp_path / "marker"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"0.weight": RunsCode()}, tmp_path / "evil.pt")
+    ckpt = _copy(pruned, tmp_path / "ckpt")
+    meta = json.loads((ckpt / "model.json").read_text())
+    meta["base"]["weights"] = str(tmp_path / "evil.pt")
+    (ckpt / "model.json").write_text(json.dumps(meta))
+    assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir),
+                          f"refusing to load {tmp_path / 'evil.pt'}: it holds pickled objects beyond plain "
+                          "tensors (only state_dicts load, with weights_only=True)")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "pickled weights", "truncated json", "json list"])
+def test_damaged_checkpoint(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: Path, damage: str) -> None:
+    ckpt = _copy(pruned, tmp_path / "ckpt")
+    weights, meta = ckpt / "model.safetensors", ckpt / "model.json"
+    if damage == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[:-10])
+    elif damage == "pickled weights":
+        torch.save(amc.load_pruned(pruned).state_dict(), weights)
+    elif damage == "truncated json":
+        meta.write_text(meta.read_text()[:50])
+    else:
+        meta.write_text("[1, 2]")
+    msg = assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir))
+    expected = {"truncated weights": f"corrupt or truncated safetensors file {weights}: ",
+                "pickled weights": f"corrupt or truncated safetensors file {weights}: ",
+                "truncated json": f"corrupt JSON in {meta}: ",
+                "json list": f"{meta} is not a JSON object"}[damage]
+    assert msg.startswith(expected)
+
+
+def test_bad_repeats(capsys, pruned: Path) -> None:
+    assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", pruned, "--repeats", "0"),
+                          "--repeats must be >= 1, got 0")
+    assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", pruned, "--warmup", "-1"),
+                          "--warmup must be >= 0, got -1")
+
+
+# --------------------------------------------------------------------------- the latency module
+
+class _Logged(nn.Module):
+    def __init__(self, name: str, log: list[str], sleep_s: float = 0.0) -> None:
+        super().__init__()
+        self.name, self.log, self.sleep_s = name, log, sleep_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.name)
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return x
+
+
+def test_latency_runs_interleave_and_alternate() -> None:
+    log: list[str] = []
+    lat = interleaved_latency({"a": _Logged("a", log), "b": _Logged("b", log)}, (1, 4, 4), (1, 2),
+                              repeats=3, warmup=1)
+    # per batch size: 1 warm-up round + 3 timed rounds, each round running both, in alternating order
+    assert log == ["a", "b", "b", "a", "a", "b", "b", "a"] * 2
+    assert {n: sorted(lat[n]) for n in lat} == {"a": [1, 2], "b": [1, 2]}
+    assert all(len(lat[n][b].samples_ms) == 3 for n in lat for b in lat[n])
+
+
+def test_latency_tells_a_slow_model_from_a_fast_one() -> None:
+    log: list[str] = []
+    lat = interleaved_latency({"slow": _Logged("slow", log, 0.01), "fast": _Logged("fast", log)}, (1, 4, 4), (1,),
+                              repeats=3, warmup=0)
+    assert lat["slow"][1].median_ms >= 10 > lat["fast"][1].median_ms
