@@ -219,3 +219,19 @@ def test_unknown_model_and_non_empty_run_folder(setup, tmp_path, capsys):
 def test_bad_input_in_a_real_subprocess(setup, tmp_path, run_amc):
     proc = run_amc(*search_args(setup, tmp_path / "run", "--target-flops", "nan"))
     assert assert_one_error_line(proc) == "--target-flops must be in (0, 1], got nan"
+
+
+def test_report_compares_base_uniform_and_amc(setup, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(search_args(setup, run, "--algo", "random", "--episodes", "3", "--quiet")) == 0
+    capsys.readouterr()
+    assert main(["report", "--run", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    base, uniform, amc_row = out["rows"]
+    assert [base["name"], uniform["name"], amc_row["name"]] == ["base", "uniform@0.5", "AMC"]
+    assert base["flops_ratio"] == 1.0 and uniform["flops_ratio"] <= 0.5 and amc_row["flops_ratio"] <= 0.5
+    best = json.loads((run / "best_policy.json").read_text())
+    # the same pruner settings as the search: the AMC row reproduces the search's reward-set accuracy
+    assert amc_row["reward_top1"] == pytest.approx(best["reward_top1"])
+    assert amc_row["flops"] == best["flops"]
+    assert all(0 <= r[k] <= 100 for r in out["rows"] for k in ("reward_top1", "test_top1"))

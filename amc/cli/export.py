@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError("--data-dir goes with --run (exporting a checkpoint needs no data)")
     resolve_device(args.device)
     if args.run:
-        prune_args, source = _prune_args_from_run(args)
+        prune_args, source = prune_args_from_run(args)
         out = fresh_out_dir(args.out)
         from amc.cli.prune import prune_from_args
 
@@ -112,7 +112,7 @@ def _pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "?"
 
 
-def _prune_args_from_run(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
+def prune_args_from_run(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
     """``amc prune``'s arguments that repeat the search's pruning of its best (or the given) policy.
 
     The search's seed also seeded its calibration sampling, so the same seed here gives the
