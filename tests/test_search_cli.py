@@ -235,3 +235,18 @@ def test_report_compares_base_uniform_and_amc(setup, tmp_path, capsys):
     assert amc_row["reward_top1"] == pytest.approx(best["reward_top1"])
     assert amc_row["flops"] == best["flops"]
     assert all(0 <= r[k] <= 100 for r in out["rows"] for k in ("reward_top1", "test_top1"))
+
+
+def test_bench_quality_summarises_uniform_random_and_ddpg(setup, tmp_path, capsys):
+    out_dir = tmp_path / "q"
+    assert main(["bench", "quality", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]),
+                 "--data-dir", str(setup["data"]), "--reward-set-size", "200", "--calib-batches", "2",
+                 "--calib-batch-size", "20", "--seeds", "0", "--algos", "random", "ddpg", "--episodes", "4",
+                 "--warmup", "2", "--out", str(out_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["mean"]) == {"uniform", "random", "ddpg"}
+    assert all(summary["mean"][k]["flops_ratio"] <= 0.5 for k in summary["mean"])
+    for algo in ("random", "ddpg"):
+        best = json.loads((out_dir / f"{algo}-seed0" / "best_policy.json").read_text())
+        assert summary["runs"][algo][0]["reward_top1"] == pytest.approx(best["reward_top1"])
+    assert json.loads((out_dir / "summary.json").read_text())["mean"] == summary["mean"]

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the random policies (default 0.5)")
     pp.add_argument("--seed", type=int, default=0, help="seed of the random policies (default 0)")
     pp.set_defaults(func=run_prune)
+    from amc.cli import bench_quality
+
+    bench_quality.register(bsub)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
