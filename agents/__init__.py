@@ -6,6 +6,8 @@
 - :mod:`agents.ddpg`: split actor/critic learning rates and the exploration schedule, on
   SB3's DDPG, TD3 and SAC;
 - :mod:`agents.callbacks`: episode logs, the best policy, TensorBoard curves, progress bar;
+- :mod:`agents.resume`: the search state saved between episodes, so a stopped search resumes
+  exactly;
 - :mod:`agents.search`: :class:`~agents.search.SearchConfig` and :func:`~agents.search.run_search`.
 
 Imports go one way: ``agents`` -> ``envs`` -> ``amc``.

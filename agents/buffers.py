@@ -9,13 +9,16 @@ moving-average baseline (spec §5):
     b <- b + 0.5 * (mean(r_batch) - b),   r <- r - b
 
 SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` does the storage and the
-sampling; this subclass adds only those three things.
+sampling; this subclass adds only those three things, a guard against non-finite rewards, and
+``state_dict``/``load_state_dict`` so a stopped search resumes with the very same buffer.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
@@ -55,6 +58,10 @@ class EpisodeRewardBuffer(ReplayBuffer):
         if not bool(np.asarray(done).reshape(-1)[0]):
             return
         final = np.asarray(reward, dtype=np.float32).reshape(1)
+        if not np.isfinite(final).all():
+            # the env scores a failed evaluation with a finite worst reward; anything else is a bug
+            self.pending = []
+            raise ValueError(f"non-finite episode reward {float(final[0])}: refusing to store it")
         for o, no, a, d, inf in self.pending:
             super().add(o, no, a, final, d, inf)
         self.pending = []
@@ -74,3 +81,38 @@ class EpisodeRewardBuffer(ReplayBuffer):
         # the official code starts the baseline at the first batch's mean
         self.baseline = mean if self.baseline is None else self.baseline + self.baseline_rate * (mean - self.baseline)
         return batch._replace(rewards=batch.rewards - self.baseline)
+
+    # ------------------------------------------------------------------ resuming a search
+
+    _ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of everything that decides future samples: the stored transitions (as CPU
+        tensors, so ``torch.load(weights_only=True)`` reads them back), the write position and
+        the moving baseline. Only between episodes: a half-finished episode has no reward yet."""
+        if self.pending:
+            raise RuntimeError("the buffer holds an unfinished episode; save it between episodes")
+        arrays = {name: torch.from_numpy(np.array(getattr(self, name), copy=True))
+                  for name in self._ARRAYS if getattr(self, name, None) is not None}
+        return {"arrays": arrays, "pos": int(self.pos), "full": bool(self.full), "baseline": self.baseline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; shapes and dtypes must match this buffer's."""
+        arrays = state["arrays"]
+        for name in self._ARRAYS:
+            own = getattr(self, name, None)
+            if own is None:
+                continue
+            saved = arrays[name].numpy()
+            if saved.shape != own.shape or saved.dtype != own.dtype:
+                raise ValueError(f"saved replay buffer {name} is {saved.dtype}{list(saved.shape)}, "
+                                 f"this buffer {own.dtype}{list(own.shape)}")
+            np.copyto(own, saved)
+        pos = int(state["pos"])
+        if not 0 <= pos < self.buffer_size:
+            raise ValueError(f"saved replay buffer position {pos} is outside [0, {self.buffer_size})")
+        baseline = state["baseline"]
+        if baseline is not None and not math.isfinite(baseline):
+            raise ValueError(f"saved reward baseline is {baseline}")
+        self.pos, self.full, self.baseline = pos, bool(state["full"]), baseline
+        self.pending = []

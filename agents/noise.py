@@ -78,6 +78,14 @@ class TruncatedNormalNoise(ActionNoise):
             out.flat[i] = m + sigma * _STD_NORMAL.inv_cdf(p)
         return np.clip(out, self.low, self.high).astype(np.float32)
 
+    def state_dict(self) -> dict:
+        """The episode index and the generator's exact state (plain ints, for resuming)."""
+        return {"episode": int(self.episode), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.episode = int(state["episode"])
+        self.rng.bit_generator.state = state["rng"]
+
     def __call__(self) -> np.ndarray:
         raise TypeError("TruncatedNormalNoise is sampled around the actor's output: call sample(mu); "
                         "use it with the agents of agents.ddpg")

@@ -28,22 +28,30 @@ os.umask(_UMASK)
 # --------------------------------------------------------------------------- atomic writes
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place.
+
+    A crash or a full disk leaves the old file (or none), never a half-written one; the
+    temporary file is removed on any failure, and an OSError becomes one AmcError line.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            raise AmcError(f"cannot write {path}: {e.strerror or e}") from e
         raise
 
 
@@ -155,7 +163,10 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
     """Write ``model.safetensors`` then ``model.json``; the JSON lands last, so a folder with a
     JSON always has complete weights."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AmcError(f"cannot write to {out}: {e.strerror or e}") from e
     save_weights(out / "model.safetensors", model)
     atomic_write_json(out / "model.json", meta)
     return out

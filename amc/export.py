@@ -11,6 +11,8 @@ import contextlib
 import io
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,36 +50,45 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
     nbytes = sum(p.numel() * p.element_size() for p in model.state_dict().values())
     external = nbytes > _EXTERNAL_DATA_BYTES
-    tmp = path.with_name(f".{path.name}.tmp")
+    # written under its final name in a temporary folder beside it (an external-data file is
+    # found by name, so the pair must keep its names), then moved into place: a failed or
+    # interrupted export never leaves a half-written model.onnx
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as e:
+        raise AmcError(f"cannot write {path}: {e.strerror or e}") from e
+    tmp = tmp_dir / path.name
     chatter = io.StringIO()  # the exporters print progress; --json wants stdout to itself
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
-            warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                program = torch.onnx.export(
-                    model, (x,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
-                program.save(str(tmp), external_data=external)
-            else:
-                torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=OPSET,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-    except Exception as e:  # the exporters raise many types; the user needs one line
-        _remove(tmp, Path(f"{tmp}.data"))
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise AmcError(f"ONNX export ({exporter}) failed: {type(e).__name__}: {first}") from e
-    if external:
-        os.replace(f"{tmp}.data", f"{path}.data")
-    os.replace(tmp, path)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+                warnings.simplefilter("ignore")
+                if exporter == "dynamo":
+                    program = torch.onnx.export(
+                        model, (x,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+                    program.save(str(tmp), external_data=external)
+                else:
+                    torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=OPSET,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except OSError as e:
+            raise AmcError(f"cannot write {path}: {e.strerror or e}") from e
+        except Exception as e:  # the exporters raise many types; the user needs one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise AmcError(f"ONNX export ({exporter}) failed: {type(e).__name__}: {first}") from e
+        try:
+            data = tmp_dir / f"{path.name}.data"
+            if data.exists():
+                os.replace(data, f"{path}.data")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise AmcError(f"cannot write {path}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return {"file": path.name, "exporter": exporter, "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
             "input_shape": ["batch", *[int(d) for d in input_shape]], "external_data": external,
             "bytes": path.stat().st_size}
-
-
-def _remove(*paths: Path) -> None:
-    for p in paths:
-        with contextlib.suppress(OSError):
-            p.unlink()
 
 
 def check_onnx(path: str | Path, model: nn.Module, input_shape: tuple[int, ...], atol: float = ATOL,

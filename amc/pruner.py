@@ -32,11 +32,15 @@ class ChannelPruner:
         criterion: channel-selection criterion name (see :mod:`amc.selection`).
         points_per_image: sampled output positions per calibration image.
         seed: seed of the calibration sampling.
+        max_cache_bytes: refuse, before calibrating, when the least-squares cache would be
+            larger (None: no limit). Its size depends on the layers' widths and kernels only,
+            not on the number of calibration images or points.
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, int, int],
                  calibration_batches: Iterable[torch.Tensor] | None = None, coupled: str = "skip",
-                 criterion: str = "l1", points_per_image: int = 10, seed: int = 0, progress: bool = False) -> None:
+                 criterion: str = "l1", points_per_image: int = 10, seed: int = 0, progress: bool = False,
+                 max_cache_bytes: int | None = None) -> None:
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
         self.graph: LayerGraph = build_layer_graph(model, self.input_shape, coupled)
@@ -50,6 +54,11 @@ class ChannelPruner:
         self.embedding = LayerEmbedding(self.graph, self.flops)
         self.cache: FeatureCache | None = None
         if calibration_batches is not None:
+            need = FeatureCache.estimate_nbytes(model, self.graph)
+            if max_cache_bytes is not None and need > max_cache_bytes:
+                raise AmcError(f"the least-squares cache would take {_size(need)}, over the limit of "
+                               f"{_size(max_cache_bytes)} (--max-cache-mb); raise the limit, or prune "
+                               "without reconstruction (--no-reconstruct)")
             self.cache = FeatureCache(model, self.graph, calibration_batches, points_per_image, seed, progress=progress)
 
     @property
@@ -125,3 +134,8 @@ class ChannelPruner:
                 "flops_ratio": self.flops(counts) / self.flops.full,
                 "params_ratio": self.params(counts) / self.params.full,
                 "layers": [{**p, "ratio": p["kept"] / p["channels"]} for p in channel_plan(self.graph, counts)]}
+
+
+def _size(nbytes: int) -> str:
+    mb = nbytes / 2**20
+    return f"{mb:.1f} MB" if mb >= 1 else f"{nbytes / 1024:.1f} KB"

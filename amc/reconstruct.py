@@ -42,6 +42,19 @@ class FeatureCache:
         self.rows: dict[str, int] = {n: 0 for n in self.layers}
         self._collect(model, batches, points_per_image, seed, progress)
 
+    @staticmethod
+    def estimate_nbytes(model: nn.Module, graph: LayerGraph) -> int:
+        """The cache's size before it is built: ``8 d (d + n)`` bytes per consumer layer."""
+        total = 0
+        for name in {n for g in graph.groups for n in g.consumers}:
+            m = model.get_submodule(name)
+            if isinstance(m, nn.Conv2d):
+                d, n = m.in_channels * m.kernel_size[0] * m.kernel_size[1], m.out_channels
+            else:
+                d, n = m.weight.shape[1], m.weight.shape[0]
+            total += 8 * d * (d + n)
+        return total
+
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for d in (self.xtx, self.xty) for t in d.values())

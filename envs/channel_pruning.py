@@ -12,9 +12,16 @@ One episode prunes the whole network, one prunable layer (channel group) per ste
 
 The env has no randomness of its own: a seeded ``reset`` and the same actions give the same
 episode, bit for bit.
+
+A reward is always finite: when the evaluation yields NaN or inf (a broken custom model, a
+numerically unstable slim model), the episode is scored as the worst possible reward of the
+mode, ``reward(error=1, full FLOPs, full params)`` (-1 for ``acc``, -log(full FLOPs) for
+``flops``, -log(full params) for ``params``), with top-1 0, and ``info["nonfinite"]`` holds
+what the evaluation gave. A NaN never reaches the agent or its replay buffer.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -143,9 +150,20 @@ class ChannelPruningEnv(gym.Env):
         top1 = self.reward_top1(slim)
         flops, params = self.pruner.flops(counts), self.pruner.params(counts)
         error = 1.0 - top1 / 100.0
-        return {"reward": self.reward_fn(error, flops, params), "reward_top1": top1, "error": error,
+        reward = self.reward_fn(error, flops, params)
+        info: dict[str, Any] = {}
+        if not (math.isfinite(top1) and math.isfinite(reward)):
+            info["nonfinite"] = {"reward": reward, "reward_top1": top1}
+            top1, error, reward = 0.0, 1.0, self.worst_reward
+        return {"reward": reward, "reward_top1": top1, "error": error,
                 "flops": flops, "params": params, "flops_ratio": flops / self.pruner.flops.full,
-                "params_ratio": params / self.pruner.params.full, "counts": [int(c) for c in counts]}
+                "params_ratio": params / self.pruner.params.full, "counts": [int(c) for c in counts], **info}
+
+    @property
+    def worst_reward(self) -> float:
+        """The lowest reward the mode can give (error 1 at full size): the score of an episode
+        whose evaluation is not a finite number."""
+        return self.reward_fn(1.0, self.pruner.flops.full, self.pruner.params.full)
 
     @torch.inference_mode()
     def reward_top1(self, model: torch.nn.Module) -> float:

@@ -34,7 +34,8 @@ def load_problem(model: str = "plain20", weights: str | None = None, dataset: st
                  split_seed: int = 0, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  image_size: int = 224, calib_batches: int = 60, calib_batch_size: int = 50,
                  points_per_image: int = 10, reconstruct: bool = True, coupled: str = "skip",
-                 criterion: str = "l1", seed: int = 0, progress: bool = False) -> PruningProblem:
+                 criterion: str = "l1", seed: int = 0, progress: bool = False,
+                 max_cache_mb: float | None = None) -> PruningProblem:
     """Load data and model, and build the pruner with its calibration cache.
 
     Args:
@@ -53,6 +54,7 @@ def load_problem(model: str = "plain20", weights: str | None = None, dataset: st
         criterion: channel-selection criterion.
         seed: seed of the calibration images and sampled positions.
         progress: show the calibration progress bar.
+        max_cache_mb: refuse (before calibrating) when the least-squares cache would exceed this.
     """
     if calib_batches < 1 or calib_batch_size < 1:
         raise AmcError(f"calibration needs at least one batch of one image, got {calib_batches} x {calib_batch_size}")
@@ -63,7 +65,8 @@ def load_problem(model: str = "plain20", weights: str | None = None, dataset: st
     net = net.cpu().eval()
     calibration = splits.calibration_batches(calib_batches, calib_batch_size, seed) if reconstruct else None
     pruner = ChannelPruner(net, splits.train.shape, calibration, coupled=coupled, criterion=criterion,
-                           points_per_image=points_per_image, seed=seed, progress=progress)
+                           points_per_image=points_per_image, seed=seed, progress=progress,
+                           max_cache_bytes=None if max_cache_mb is None else int(max_cache_mb * 2**20))
     return PruningProblem(pruner, splits.reward, splits, spec.to_dict(), weights_path)
 
 

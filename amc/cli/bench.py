@@ -7,7 +7,7 @@ import sys
 import time
 
 from amc.cli.common import (add_common, add_data_args, add_model_args, add_pruner_args, build_pruner, emit,
-                            load_data, setup_threads)
+                            add_max_cache_arg, load_data, seed_int, setup_threads)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +25,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_pruner_args(pp)
     pp.add_argument("--trials", type=int, default=7, help="random policies timed (default 7)")
     pp.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the random policies (default 0.5)")
-    pp.add_argument("--seed", type=int, default=0, help="seed of the random policies (default 0)")
+    pp.add_argument("--seed", type=seed_int, default=0, help="seed of the random policies (default 0)")
     pp.set_defaults(func=run_prune)
+
+    ps = bsub.add_parser("search", help="a short amc search in a child process: seconds per episode, peak memory",
+                         description="Runs a short amc search in a child process and reports its seconds per "
+                                     "episode, its wall time, its peak resident memory (the child's ru_maxrss) and "
+                                     "the size of its least-squares cache.")
+    add_model_args(ps)
+    add_data_args(ps)
+    add_common(ps)
+    ps.add_argument("--algo", default="ddpg", choices=["ddpg", "td3", "sac", "random"], help="(default ddpg)")
+    ps.add_argument("--episodes", type=int, default=10, help="episodes in all (default 10)")
+    ps.add_argument("--warmup", type=int, default=5, help="warm-up episodes (default 5)")
+    ps.add_argument("--target-flops", type=float, default=0.5, help="FLOPs budget (default 0.5)")
+    ps.add_argument("--seed", type=seed_int, default=0, help="seed of the search (default 0)")
+    ps.add_argument("--no-reconstruct", action="store_true", help="skip the least-squares reconstruction")
+    ps.add_argument("--calib-batches", type=int, default=60, help="calibration batches (default 60)")
+    ps.add_argument("--calib-batch-size", type=int, default=50, help="images per calibration batch (default 50)")
+    ps.add_argument("--points-per-image", type=int, default=10, help="sampled positions per image (default 10)")
+    add_max_cache_arg(ps)
+    ps.add_argument("--run", default=None, help="keep the search's run folder here (default: a temporary one)")
+    ps.set_defaults(func=run_search_bench)
     from amc.cli import bench_quality
 
     bench_quality.register(bsub)
@@ -74,4 +94,67 @@ def run_prune(args: argparse.Namespace) -> int:
         + f" (base {quality['base_reward_top1']:.2f}%)",
     ])
     emit(res, args.json, table)
+    return 0
+
+
+def run_search_bench(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from amc.checkpoint import read_json
+    from amc.errors import AmcError
+
+    child = ["search", "--model", args.model, "--dataset", args.dataset, "--reward-set-size", str(args.reward_set_size),
+             "--split-seed", str(args.split_seed), "--image-size", str(args.image_size), "--algo", args.algo,
+             "--episodes", str(args.episodes), "--warmup", str(args.warmup), "--target-flops", str(args.target_flops),
+             "--seed", str(args.seed), "--calib-batches", str(args.calib_batches), "--calib-batch-size",
+             str(args.calib_batch_size), "--points-per-image", str(args.points_per_image), "--max-cache-mb",
+             str(args.max_cache_mb), "--device", args.device, "--quiet", "--json"]
+    for flag, value in (("--weights", args.weights), ("--width", args.width), ("--data-dir", args.data_dir),
+                        ("--threads", args.threads)):
+        if value is not None:
+            child += [flag, str(value)]
+    for flag, values in (("--mean", args.mean), ("--std", args.std)):
+        if values is not None:
+            child += [flag, *map(str, values)]
+    if args.no_reconstruct:
+        child.append("--no-reconstruct")
+    scratch = None if args.run else Path(tempfile.mkdtemp(prefix="amc-bench-search-"))
+    run = Path(args.run) if args.run else scratch / "run"
+    child += ["--run", str(run)]
+    try:
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-m", "amc", *child], stdout=out, stderr=err, text=True)
+            # wait4 gives this child's own peak memory (RUSAGE_CHILDREN mixes in every earlier child)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if proc.returncode != 0:
+            last = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            raise AmcError(last[len("error: "):] if last.startswith("error: ") else f"the search failed: {last}")
+        res = json.loads(stdout.strip().splitlines()[-1])
+        config = read_json(run / "config.json")
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    out_res = {"model": args.model, "dataset": args.dataset, "algo": args.algo, "episodes": res["episodes"],
+               "layers": config.get("num_layers"), "seconds_per_episode": res["seconds_per_episode"],
+               "search_s": res["seconds"], "wall_s": round(wall, 2),
+               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+               "feature_cache_mb": round(config.get("feature_cache_bytes", 0) / 2**20, 2),
+               "threads": config.get("threads"), "machine": f"{platform.machine()}, python {platform.python_version()}"}
+    emit(out_res, args.json,
+         f"amc bench search: {args.model} on {args.dataset}, {args.algo}, {res['episodes']} episodes of "
+         f"{out_res['layers']} steps, {out_res['threads']} threads\n"
+         f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
+         f"{wall:.1f} s with start-up and set-up)\n"
+         f"  peak memory (RSS) {out_res['peak_rss_mb']:.0f} MB, least-squares cache {out_res['feature_cache_mb']:.1f} MB")
     return 0

@@ -13,6 +13,27 @@ import torch
 from amc.errors import AmcError
 
 
+MAX_SEED = 2**32 - 1
+"""Seeds are unsigned 32-bit integers, as numpy's seeding takes them."""
+
+
+def seed_int(text: str) -> int:
+    """argparse type of a seed: an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def check_seed(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise AmcError(f"{name} must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser, weights: bool = True) -> None:
     p.add_argument("--model", default="plain20",
                    help="zoo name (plain20, resnet20, resnet56, vgg16, mobilenet, mobilenetv2), "
@@ -32,7 +53,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", type=float, nargs="+", default=None, help="override per-channel normalisation std")
     p.add_argument("--reward-set-size", type=int, default=5000,
                    help="images held out of the training split for rewards and model selection (default 5000)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the reward-set split (default 0)")
+    p.add_argument("--split-seed", type=seed_int, default=0, help="seed of the reward-set split (default 0)")
     p.add_argument("--image-size", type=int, default=224, help="image size for imagefolder: datasets (default 224)")
 
 
@@ -43,7 +64,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def setup_threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             raise AmcError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
@@ -103,17 +124,39 @@ def add_pruner_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-batches", type=int, default=60, help="calibration batches for reconstruction (default 60)")
     p.add_argument("--calib-batch-size", type=int, default=50, help="images per calibration batch (default 50)")
     p.add_argument("--points-per-image", type=int, default=10, help="sampled positions per image (default 10)")
+    add_max_cache_arg(p)
+
+
+def add_max_cache_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-cache-mb", type=float, default=DEFAULT_MAX_CACHE_MB, metavar="MB",
+                   help="refuse to start when the least-squares cache (8*d*(d+n) bytes per layer, d inputs and "
+                        f"n outputs) would exceed this (default {DEFAULT_MAX_CACHE_MB})")
+
+
+DEFAULT_MAX_CACHE_MB = 2048
+
+
+def max_cache_bytes(args: argparse.Namespace) -> int | None:
+    mb = getattr(args, "max_cache_mb", DEFAULT_MAX_CACHE_MB)
+    if mb is None:
+        return None
+    if not math.isfinite(mb) or mb <= 0:
+        raise AmcError(f"--max-cache-mb must be a positive number, got {mb}")
+    return int(mb * 2**20)
 
 
 def build_pruner(args: argparse.Namespace, model, splits, seed: int = 0):
     """A ChannelPruner for ``model`` with calibration batches drawn from the training part."""
     from amc.pruner import ChannelPruner
 
+    check_seed("--seed", seed)
     for name in ("calib_batches", "calib_batch_size", "points_per_image", "channel_round"):
         if getattr(args, name) < 1:
             raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    limit = max_cache_bytes(args)
     calib = None
     if not args.no_reconstruct:
         calib = splits.calibration_batches(args.calib_batches, args.calib_batch_size, seed)
     return ChannelPruner(model, splits.train.shape, calib, coupled=args.coupled, criterion=args.criterion,
-                         points_per_image=args.points_per_image, seed=seed, progress=not getattr(args, "json", False))
+                         points_per_image=args.points_per_image, seed=seed, progress=not getattr(args, "json", False),
+                         max_cache_bytes=limit)
