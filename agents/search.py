@@ -38,7 +38,7 @@ from agents.callbacks import EpisodeLog, SearchCallback
 from agents.ddpg import ALGOS
 from agents.noise import TruncatedNormalNoise
 from agents.resume import STATE_FILE, SearchState, load_state
-from amc.checkpoint import atomic_write_json, read_json
+from amc.checkpoint import atomic_write_json, fresh_dir, read_json
 from amc.errors import AmcError
 from envs.channel_pruning import ChannelPruningEnv
 from envs.problem import load_problem
@@ -238,21 +238,13 @@ def package_versions() -> dict[str, str | None]:
 def prepare_run_dir(path: str | Path) -> Path:
     """An empty, writable run folder; an existing non-empty one is refused (no silent overwrite)."""
     run = Path(path)
-    if run.exists() and not run.is_dir():
-        raise AmcError(f"{run} exists and is not a folder")
-    if run.is_dir() and any(run.iterdir()):
-        if (run / STATE_FILE).is_file():
-            raise AmcError(f"run folder {run} holds a search already; continue it with: amc search --resume {run} "
-                           "(or choose another --run)")
-        raise AmcError(f"run folder {run} already exists and is not empty; choose another --run or delete it")
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        probe = run / ".amc_write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise AmcError(f"cannot write to {run}: {e.strerror or e}") from e
-    return run
+    hint = None
+    if (run / STATE_FILE).is_file():
+        hint = f"run folder {run} holds a search already; continue it with: amc search --resume {run} " \
+               "(or choose another --run)"
+    elif run.is_dir() and any(run.iterdir()):
+        hint = f"run folder {run} already exists and is not empty; choose another --run or delete it"
+    return fresh_dir(run, "--run", hint)
 
 
 def run_random(env: ChannelPruningEnv, log: EpisodeLog, episodes: int, seed: int,

@@ -174,3 +174,21 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
 
 def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def fresh_dir(path: str | Path, option: str = "--out", hint: str | None = None) -> Path:
+    """An empty, writable output folder; an existing non-empty one is refused, so finished
+    work is never overwritten. ``hint`` replaces the default advice in the refusal."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise AmcError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise AmcError(hint or f"{out} already exists and is not empty; choose another {option} or delete it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".amc_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise AmcError(f"cannot write to {out}: {e.strerror or e}") from e
+    return out

@@ -88,21 +88,11 @@ def check_finite(name: str, value: float, lo: float | None = None, hi: float | N
     return value
 
 
-def fresh_out_dir(path: str, force: bool = False) -> Path:
-    """An output folder that does not yet hold results; refusing protects finished work."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise AmcError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise AmcError(f"{out} already exists and is not empty; choose another --out or delete it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".amc_write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise AmcError(f"cannot write to {out}: {e.strerror or e}") from e
-    return out
+def fresh_out_dir(path: str) -> Path:
+    """An output folder that does not yet hold results (see :func:`amc.checkpoint.fresh_dir`)."""
+    from amc.checkpoint import fresh_dir
+
+    return fresh_dir(path, "--out")
 
 
 def emit(result: dict[str, Any], as_json: bool, table: str | None = None) -> None:
