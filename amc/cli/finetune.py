@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from amc.cli.common import add_common, check_finite, emit, fresh_out_dir, setup_threads
+from amc.cli.common import seed_int, add_common, check_finite, emit, fresh_out_dir, setup_threads
 from amc.errors import AmcError
 
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine to zero (default 0.01)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of shuffling and augmentation (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of shuffling and augmentation (default 0)")
     p.add_argument("--data-dir", default=None,
                    help="where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, then download)")
     add_common(p)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from amc.cli.common import (add_common, add_data_args, add_model_args, add_pruner_args, build_pruner, emit,
+from amc.cli.common import (seed_int, add_common, add_data_args, add_model_args, add_pruner_args, build_pruner, emit,
                             fresh_out_dir, load_data, setup_threads)
 from amc.errors import AmcError
 
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_pruner_args(p)
     p.add_argument("--policy", required=True, help="uniform:R (R in (0, 1]) or a policy JSON file")
     p.add_argument("--out", required=True, help="output folder for the slim model.safetensors and model.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of the calibration sampling (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the calibration sampling (default 0)")
     p.add_argument("--show-groups", action="store_true", help="print the prunable groups and what is left alone")
     p.set_defaults(func=run)
 

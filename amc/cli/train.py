@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from amc.cli.common import add_common, add_data_args, add_model_args, check_finite, emit, fresh_out_dir, load_data, setup_threads
+from amc.cli.common import seed_int, add_common, add_data_args, add_model_args, check_finite, emit, fresh_out_dir, load_data, setup_threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="training seed (default 0)")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, model.json and tb/")
     p.set_defaults(func=run)
 
