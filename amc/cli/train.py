@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
     p.add_argument("--seed", type=seed_int, default=0, help="training seed (default 0)")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (.safetensors or .pt state_dict) instead of a random init")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, model.json and tb/")
     p.set_defaults(func=run)
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = fresh_out_dir(args.out)
     splits = load_data(args)
-    model, spec, _ = resolve_model(args.model, None, splits.info, args.width, require_weights=False)
+    model, spec, _ = resolve_model(args.model, args.init, splits.info, args.width, require_weights=False)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       weight_decay=args.weight_decay, seed=args.seed, device=str(device))
     result = train(model, splits, cfg, out_dir=out)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "kind": "base", "model": spec.to_dict(), "dataset": args.dataset, "split": splits.record,
         "flops": count_macs(model, shape), "params": count_params(model),
         "reward_top1": result["reward_top1"], "test_top1": test_top1, "best_epoch": result["epoch"],
-        "train": result["config"], "history": result["history"], "seconds": round(result["seconds"], 1),
+        "train": result["config"], "init": args.init, "history": result["history"], "seconds": round(result["seconds"], 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": "amc " + " ".join(getattr(args, "_argv", [])),
     }
