@@ -89,7 +89,7 @@ def test_search_numbers_out_of_range(setup, tmp_path, capsys, extra, message):
 
 
 @pytest.mark.parametrize("command,message", [
-    ("prune", f"--seed {SEED_RANGE}, got -1"),
+    ("prune", f"argument --seed: {SEED_RANGE}, got -1 (see: amc prune --help)"),
     ("bench", f"argument --seed: {SEED_RANGE}, got -1 (see: amc bench prune --help)"),
 ])
 def test_seed_out_of_range_in_other_commands(setup, tmp_path, capsys, command, message):
