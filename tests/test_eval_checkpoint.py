@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,39 +11,17 @@ import torch
 from torch import nn
 
 import amc
-from amc.cli import main
 from amc.data import load_splits
 from amc.latency import interleaved_latency
 from amc.models import ModelSpec, build_model
 from amc.train import evaluate
 
-from conftest import TINY_NET, assert_one_error_line
+from conftest import TINY_NET, assert_one_error_line, in_process, pruned_checkpoint
 
 MODEL = f"{TINY_NET}:factory"
 JSON_KEYS = {"top1", "flops", "params", "file_bytes", "latency_ms_b1", "latency_ms_b64", "speedup_b1",
              "speedup_b64", "base_top1", "base_flops", "base_params", "base_file_bytes", "base_latency_ms_b1",
              "base_latency_ms_b64", "threads", "repeats", "warmup"}
-
-
-def _in_process(capsys, *args) -> subprocess.CompletedProcess:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out, err)
-
-
-@pytest.fixture(scope="module")
-def pruned(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    torch.save(build_model(ModelSpec(MODEL, 1, 10)).state_dict(), root / "tiny.pt")
-    assert main(["prune", "--model", MODEL, "--weights", str(root / "tiny.pt"), "--data-dir", str(tiny_data_dir),
-                 "--policy", "uniform:0.5", "--reward-set-size", "300", "--calib-batches", "2",
-                 "--calib-batch-size", "8", "--out", str(root / "pruned"), "--json", "--threads", "1"]) == 0
-    return root / "pruned"
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -77,7 +54,7 @@ def test_eval_checkpoint_json(run_amc, tiny_data_dir: Path, pruned: Path) -> Non
 
 
 def test_eval_checkpoint_table(capsys, tiny_data_dir: Path, pruned: Path) -> None:
-    proc = _in_process(capsys, "eval", "--checkpoint", pruned, "--data-dir", tiny_data_dir, "--threads", "1",
+    proc = in_process(capsys, "eval", "--checkpoint", pruned, "--data-dir", tiny_data_dir, "--threads", "1",
                        "--repeats", "2", "--warmup", "0")
     assert proc.returncode == 0 and proc.stderr == ""
     lines = proc.stdout.splitlines()
@@ -91,7 +68,7 @@ def test_missing_base_weights_are_named(capsys, tmp_path: Path, tiny_data_dir: P
     meta = json.loads((ckpt / "model.json").read_text())
     meta["base"]["weights"] = str(tmp_path / "gone.pt")
     (ckpt / "model.json").write_text(json.dumps(meta))
-    proc = _in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir, "--repeats", "1",
+    proc = in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir, "--repeats", "1",
                        "--warmup", "0", "--json")
     assert proc.returncode == 0
     assert proc.stderr == (f"note: the base weights {tmp_path / 'gone.pt'} are missing; the base model's top-1 is "
@@ -112,7 +89,7 @@ def test_base_weights_that_would_run_code(capsys, tmp_path: Path, tiny_data_dir:
     meta = json.loads((ckpt / "model.json").read_text())
     meta["base"]["weights"] = str(tmp_path / "evil.pt")
     (ckpt / "model.json").write_text(json.dumps(meta))
-    assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir),
+    assert_one_error_line(in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir),
                           f"refusing to load {tmp_path / 'evil.pt'}: it holds pickled objects beyond plain "
                           "tensors (only state_dicts load, with weights_only=True)")
     assert not marker.exists()
@@ -130,7 +107,7 @@ def test_damaged_checkpoint(capsys, tmp_path: Path, tiny_data_dir: Path, pruned:
         meta.write_text(meta.read_text()[:50])
     else:
         meta.write_text("[1, 2]")
-    msg = assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir))
+    msg = assert_one_error_line(in_process(capsys, "eval", "--checkpoint", ckpt, "--data-dir", tiny_data_dir))
     expected = {"truncated weights": f"corrupt or truncated safetensors file {weights}: ",
                 "pickled weights": f"corrupt or truncated safetensors file {weights}: ",
                 "truncated json": f"corrupt JSON in {meta}: ",
@@ -139,9 +116,9 @@ def test_damaged_checkpoint(capsys, tmp_path: Path, tiny_data_dir: Path, pruned:
 
 
 def test_bad_repeats(capsys, pruned: Path) -> None:
-    assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", pruned, "--repeats", "0"),
+    assert_one_error_line(in_process(capsys, "eval", "--checkpoint", pruned, "--repeats", "0"),
                           "--repeats must be >= 1, got 0")
-    assert_one_error_line(_in_process(capsys, "eval", "--checkpoint", pruned, "--warmup", "-1"),
+    assert_one_error_line(in_process(capsys, "eval", "--checkpoint", pruned, "--warmup", "-1"),
                           "--warmup must be >= 0, got -1")
 
 
@@ -174,3 +151,8 @@ def test_latency_tells_a_slow_model_from_a_fast_one() -> None:
     lat = interleaved_latency({"slow": _Logged("slow", log, 0.01), "fast": _Logged("fast", log)}, (1, 4, 4), (1,),
                               repeats=3, warmup=0)
     assert lat["slow"][1].median_ms >= 10 > lat["fast"][1].median_ms
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
+    return pruned_checkpoint(tmp_path_factory.mktemp("ckpt"), tiny_data_dir)

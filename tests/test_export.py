@@ -20,7 +20,7 @@ from amc.cli import main
 from amc.export import check_onnx, export_onnx
 from amc.models import ModelSpec, build_model
 
-from conftest import SUBPROCESS_ENV, TINY_NET, assert_one_error_line
+from conftest import SUBPROCESS_ENV, TINY_NET, in_process_error
 
 MODEL = f"{TINY_NET}:factory"
 PRUNE_ARGS = ("--reward-set-size", "300", "--calib-batches", "2", "--calib-batch-size", "8", "--threads", "1")
@@ -29,16 +29,6 @@ PRUNE_ARGS = ("--reward-set-size", "300", "--calib-batches", "2", "--calib-batch
 def _amc(*args) -> subprocess.CompletedProcess:
     """``amc ARGS`` in this process (much faster than a subprocess); stdout and stderr go to pytest's capture."""
     return subprocess.CompletedProcess(args, main([str(a) for a in args]))
-
-
-def _in_process_error(capsys, message: str | None, *args) -> str:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return assert_one_error_line(subprocess.CompletedProcess(args, rc, out, err), message)
 
 
 def _outputs(model: torch.nn.Module, batch: int = 5) -> torch.Tensor:
@@ -187,7 +177,7 @@ def test_truncated_weights(capsys, tmp_path: Path, pruned: Path) -> None:
     bad = _copy(pruned, tmp_path / "bad")
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
-    msg = _in_process_error(capsys, None, "export", "--checkpoint", bad, "--out", tmp_path / "out")
+    msg = in_process_error(capsys, None, "export", "--checkpoint", bad, "--out", tmp_path / "out")
     assert msg.startswith(f"corrupt or truncated safetensors file {bad / 'model.safetensors'}: ")
     assert not (tmp_path / "out").exists()
 
@@ -205,7 +195,7 @@ def test_model_json_with_wrong_channels(capsys, tmp_path: Path, pruned: Path) ->
     meta = json.loads((bad / "model.json").read_text())
     meta["channels"][1]["kept"] = 99
     (bad / "model.json").write_text(json.dumps(meta))
-    _in_process_error(capsys, "model.json: layer 7: kept must be an integer in [1, 8]",
+    in_process_error(capsys, "model.json: layer 7: kept must be an integer in [1, 8]",
                       "export", "--checkpoint", bad, "--out", tmp_path / "out")
 
 
@@ -218,7 +208,7 @@ def test_a_pickle_in_place_of_the_safetensors_is_refused(capsys, tmp_path: Path,
             return os.system, (f"touch {marker}",)
 
     torch.save({"x": RunsCode()}, bad / "model.safetensors")
-    msg = _in_process_error(capsys, None, "export", "--checkpoint", bad, "--out", tmp_path / "out")
+    msg = in_process_error(capsys, None, "export", "--checkpoint", bad, "--out", tmp_path / "out")
     assert msg.startswith(f"corrupt or truncated safetensors file {bad / 'model.safetensors'}: ")
     assert not marker.exists()
 
@@ -232,7 +222,7 @@ def test_run_whose_weights_are_a_pickle_that_runs_code(capsys, tmp_path: Path, t
 
     torch.save({"0.weight": RunsCode()}, tmp_path / "evil.pt")
     _write_run(tmp_path / "run", tmp_path / "evil.pt", tiny_data_dir)
-    _in_process_error(capsys, f"refusing to load {tmp_path / 'evil.pt'}: it holds pickled objects beyond plain "
+    in_process_error(capsys, f"refusing to load {tmp_path / 'evil.pt'}: it holds pickled objects beyond plain "
                               "tensors (only state_dicts load, with weights_only=True)",
                       "export", "--run", tmp_path / "run", "--out", tmp_path / "out")
     assert not marker.exists()
@@ -241,32 +231,32 @@ def test_run_whose_weights_are_a_pickle_that_runs_code(capsys, tmp_path: Path, t
 def test_run_config_lacking_settings(capsys, tmp_path: Path, tiny_data_dir: Path, base_weights: Path) -> None:
     run = tmp_path / "run"
     _write_run(run, base_weights, tiny_data_dir, drop=("coupled", "seed"))
-    _in_process_error(capsys, f"{run / 'config.json'} lacks coupled, seed; was it written by amc search?",
+    in_process_error(capsys, f"{run / 'config.json'} lacks coupled, seed; was it written by amc search?",
                       "export", "--run", run, "--out", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_run_without_config_or_policy(capsys, tmp_path: Path, tiny_data_dir: Path, base_weights: Path) -> None:
     (tmp_path / "empty").mkdir()
-    _in_process_error(capsys, f"file not found: {tmp_path / 'empty' / 'config.json'}",
+    in_process_error(capsys, f"file not found: {tmp_path / 'empty' / 'config.json'}",
                       "export", "--run", tmp_path / "empty", "--out", tmp_path / "out")
-    _in_process_error(capsys, f"run folder not found: {tmp_path / 'nope'}",
+    in_process_error(capsys, f"run folder not found: {tmp_path / 'nope'}",
                       "export", "--run", tmp_path / "nope", "--out", tmp_path / "out")
     run = tmp_path / "run"
     _write_run(run, base_weights, tiny_data_dir)
     (run / "best_policy.json").unlink()
-    _in_process_error(capsys, f"policy file not found: {run / 'best_policy.json'} (has the search finished an "
+    in_process_error(capsys, f"policy file not found: {run / 'best_policy.json'} (has the search finished an "
                               "episode?)", "export", "--run", run, "--out", tmp_path / "out")
 
 
 def test_option_misuse(capsys, tmp_path: Path, pruned: Path) -> None:
-    _in_process_error(capsys, "--policy goes with --run (a checkpoint already holds its policy)",
+    in_process_error(capsys, "--policy goes with --run (a checkpoint already holds its policy)",
                       "export", "--checkpoint", pruned, "--policy", "p.json", "--out", tmp_path / "out")
-    _in_process_error(capsys, "argument --checkpoint: not allowed with argument --run (see: amc export --help)",
+    in_process_error(capsys, "argument --checkpoint: not allowed with argument --run (see: amc export --help)",
                       "export", "--run", tmp_path, "--checkpoint", pruned, "--out", tmp_path / "out")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
-    _in_process_error(capsys, f"{tmp_path / 'full'} already exists and is not empty; choose another --out or "
+    in_process_error(capsys, f"{tmp_path / 'full'} already exists and is not empty; choose another --out or "
                               "delete it", "export", "--checkpoint", pruned, "--out", tmp_path / "full")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +11,10 @@ import torch
 import amc
 import amc.train
 from amc.cli import main
-from amc.models import ModelSpec, build_model
 
-from conftest import TINY_NET, TINY_TEST, assert_one_error_line, write_idx
+from conftest import TINY_TEST, in_process_error, pruned_checkpoint, write_idx
 
-MODEL = f"{TINY_NET}:factory"
 REWARD_SET = 300  # differs from TINY_TEST, so the evaluations below tell the reward set from the test set
-
-
-def _in_process_error(capsys, message: str | None, *args) -> str:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return assert_one_error_line(subprocess.CompletedProcess(args, rc, out, err), message)
-
-
-@pytest.fixture(scope="module")
-def pruned(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    torch.save(build_model(ModelSpec(MODEL, 1, 10)).state_dict(), root / "tiny.pt")
-    assert main(["prune", "--model", MODEL, "--weights", str(root / "tiny.pt"), "--data-dir", str(tiny_data_dir),
-                 "--policy", "uniform:0.5", "--reward-set-size", str(REWARD_SET), "--calib-batches", "2",
-                 "--calib-batch-size", "8", "--out", str(root / "pruned"), "--json", "--threads", "1"]) == 0
-    return root / "pruned"
 
 
 def test_finetune_one_epoch(run_amc, tmp_path: Path, tiny_data_dir: Path, pruned: Path) -> None:
@@ -88,7 +64,7 @@ def test_other_data_than_recorded_is_refused(capsys, tmp_path: Path, pruned: Pat
     for split, n in (("train", 5000), ("t10k", 100)):
         write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
-    _in_process_error(capsys, "the fashion-mnist data found here gives a different reward set than the checkpoint "
+    in_process_error(capsys, "the fashion-mnist data found here gives a different reward set than the checkpoint "
                               "recorded (other data or another split); pass the original --data-dir",
                       "finetune", "--checkpoint", pruned, "--epochs", "1", "--out", tmp_path / "ft",
                       "--data-dir", tmp_path)
@@ -106,7 +82,7 @@ def test_truncated_weights(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: 
     bad = _copy(pruned, tmp_path / "bad")
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[:100])
-    msg = _in_process_error(capsys, None, "finetune", "--checkpoint", bad, "--epochs", "1", "--out",
+    msg = in_process_error(capsys, None, "finetune", "--checkpoint", bad, "--epochs", "1", "--out",
                             tmp_path / "ft", "--data-dir", tiny_data_dir)
     assert msg.startswith(f"corrupt or truncated safetensors file {bad / 'model.safetensors'}: ")
     assert not (tmp_path / "ft").exists()
@@ -115,34 +91,39 @@ def test_truncated_weights(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: 
 def test_corrupt_or_missing_files(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: Path) -> None:
     bad = _copy(pruned, tmp_path / "bad")
     (bad / "model.json").write_text('{"kind": "pruned", "model": ')
-    msg = _in_process_error(capsys, None, "finetune", "--checkpoint", bad, "--epochs", "1",
+    msg = in_process_error(capsys, None, "finetune", "--checkpoint", bad, "--epochs", "1",
                             "--out", tmp_path / "ft", "--data-dir", tiny_data_dir)
     assert msg.startswith(f"corrupt JSON in {bad / 'model.json'}: ")
     (bad / "model.json").unlink()
-    _in_process_error(capsys, f"file not found: {bad / 'model.json'}", "finetune", "--checkpoint", bad,
+    in_process_error(capsys, f"file not found: {bad / 'model.json'}", "finetune", "--checkpoint", bad,
                       "--epochs", "1", "--out", tmp_path / "ft")
-    _in_process_error(capsys, f"checkpoint folder not found: {tmp_path / 'nope'}", "finetune", "--checkpoint",
+    in_process_error(capsys, f"checkpoint folder not found: {tmp_path / 'nope'}", "finetune", "--checkpoint",
                       tmp_path / "nope", "--epochs", "1", "--out", tmp_path / "ft")
     # a pickle where the weights belong is not unpickled
     torch.save({"0.weight": torch.zeros(1)}, bad / "model.safetensors")
     (bad / "model.json").write_bytes((pruned / "model.json").read_bytes())
-    msg = _in_process_error(capsys, None, "finetune", "--checkpoint", bad, "--epochs", "1", "--out",
+    msg = in_process_error(capsys, None, "finetune", "--checkpoint", bad, "--epochs", "1", "--out",
                             tmp_path / "ft", "--data-dir", tiny_data_dir)
     assert msg.startswith(f"corrupt or truncated safetensors file {bad / 'model.safetensors'}: ")
 
 
 def test_bad_numbers(capsys, tmp_path: Path, pruned: Path) -> None:
     args = ("finetune", "--checkpoint", pruned, "--out", tmp_path / "ft")
-    _in_process_error(capsys, "--epochs must be >= 1, got 0", *args, "--epochs", "0")
-    _in_process_error(capsys, "--lr must be a finite number, got nan", *args, "--epochs", "1", "--lr", "nan")
-    _in_process_error(capsys, "--lr must be > 0, got 0.0", *args, "--epochs", "1", "--lr", "0")
-    _in_process_error(capsys, "--batch-size must be >= 1, got 0", *args, "--epochs", "1", "--batch-size", "0")
+    in_process_error(capsys, "--epochs must be >= 1, got 0", *args, "--epochs", "0")
+    in_process_error(capsys, "--lr must be a finite number, got nan", *args, "--epochs", "1", "--lr", "nan")
+    in_process_error(capsys, "--lr must be > 0, got 0.0", *args, "--epochs", "1", "--lr", "0")
+    in_process_error(capsys, "--batch-size must be >= 1, got 0", *args, "--epochs", "1", "--batch-size", "0")
 
 
 def test_a_base_checkpoint_is_not_a_slim_one(capsys, tmp_path: Path) -> None:
     base = tmp_path / "base"
     base.mkdir()
     (base / "model.json").write_text(json.dumps({"kind": "base", "model": {"name": "plain20"}}))
-    _in_process_error(capsys, f"{base} holds an unpruned model from amc train, not a slim checkpoint (prune it "
+    in_process_error(capsys, f"{base} holds an unpruned model from amc train, not a slim checkpoint (prune it "
                               f"first: amc prune --weights {base / 'model.safetensors'} ...)",
                       "finetune", "--checkpoint", base, "--epochs", "1", "--out", tmp_path / "ft")
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
+    return pruned_checkpoint(tmp_path_factory.mktemp("ckpt"), tiny_data_dir, REWARD_SET)
