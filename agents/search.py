@@ -82,6 +82,9 @@ class SearchConfig:
     """Smallest preserve ratio of a layer (official: 0.2)."""
     channel_round: int = 1
     """Kept channels are rounded to a multiple of this (8 for ImageNet-sized nets)."""
+    fill_budget: bool = False
+    """Add a lower wall so every episode ends at the budget (an extension; the paper's wall is
+    an upper bound only, and policies that leave budget unused lose accuracy)."""
     coupled: str = "skip"
     """Residual-tied channels: ``skip`` leaves them alone, ``shared`` prunes each set with one ratio."""
     criterion: str = "l1"
@@ -422,7 +425,8 @@ def _search(cfg: SearchConfig, run: Path, progress: bool, command: list[str] | N
                                    cfg.criterion, cfg.seed, progress=progress, max_cache_mb=cfg.max_cache_mb)
             pruner = problem.pruner
             env = ChannelPruningEnv(problem=problem, reward=cfg.reward, target=cfg.target, budget=cfg.budget,
-                                    lbound=cfg.lbound, channel_round=cfg.channel_round, reconstruct=cfg.reconstruct,
+                                    lbound=cfg.lbound, channel_round=cfg.channel_round, fill_budget=cfg.fill_budget,
+                                    reconstruct=cfg.reconstruct,
                                     device=device, eval_batch_size=cfg.eval_batch_size)
             if resumed:
                 base_top1 = config.get("base_reward_top1")

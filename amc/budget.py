@@ -70,12 +70,18 @@ class PruningState:
     ratio actually applied, after the wall and channel rounding. With ``target`` set, the
     final model's resource is at or under ``target * full``, always: at every step the
     decided groups plus every later group at its lower bound fit the budget.
+
+    With ``fill`` (an extension; the paper has the upper wall only) there is a lower wall
+    too: a group keeps at least what the budget needs if every later group stayed whole, so
+    an episode ends within rounding of the target instead of wasting budget on clamped late
+    layers. The upper wall wins where the two meet, so the guarantee above still holds.
     """
 
     resource: ResourceModel
     target: float | None = 0.5  # fraction of the full resource; None: no wall
     lbound: float = 0.2
     channel_round: int = 1
+    fill: bool = False
     counts: list[int] = field(default_factory=list)
     t: int = 0
 
@@ -133,6 +139,23 @@ class PruningState:
                 return a
         return 0
 
+    def floor(self) -> int:
+        """With ``fill``: the smallest count for the current group that still lets the later
+        groups, kept whole, reach the budget (a linear estimate: only a lower wall)."""
+        t, g = self.t, self.resource.graph.groups[self.t]
+        if self.target is None or not self.fill:
+            return 0
+        full = self.resource.full_counts()
+        trial = self.counts[:t] + [0] + full[t + 1:]
+        other = self.resource(trial)
+        trial[t] = 1
+        this = self.resource(trial) - other
+        if this <= 0:
+            return 0
+        k_min = math.ceil((self.budget - other) / this - 1e-9)
+        reaching = [a for a in allowed_counts(g.channels, self.channel_round) if a >= k_min]
+        return min(reaching) if reaching else g.channels
+
     def step(self, ratio: float) -> float:
         """Apply the preserve ratio for the current group; returns the ratio actually kept."""
         if self.done:
@@ -141,7 +164,7 @@ class PruningState:
             raise AmcError(f"preserve ratio must be a finite number, got {ratio}")
         g = self.resource.graph.groups[self.t]
         want = round_channels(min(max(ratio, self.lbound), 1.0), g.channels, self.channel_round)
-        kept = max(min(want, self.wall()), self.min_counts[self.t])
+        kept = max(min(max(want, self.floor()), self.wall()), self.min_counts[self.t])
         self.counts[self.t] = kept
         self.t += 1
         return kept / g.channels

@@ -66,9 +66,10 @@ class ChannelPruner:
         return len(self.graph.groups)
 
     def state(self, target: float | None = 0.5, lbound: float = 0.2, channel_round: int = 1,
-              resource: str = "flops") -> PruningState:
-        """A fresh stepwise state with the budget wall on ``resource`` (None: no wall)."""
-        return PruningState(self.flops if resource == "flops" else self.params, target, lbound, channel_round)
+              resource: str = "flops", fill: bool = False) -> PruningState:
+        """A fresh stepwise state with the budget wall on ``resource`` (None: no wall);
+        ``fill`` adds the lower wall that makes episodes use the whole budget."""
+        return PruningState(self.flops if resource == "flops" else self.params, target, lbound, channel_round, fill)
 
     def keep_indices(self, counts: Sequence[int]) -> list[torch.Tensor]:
         self._check_counts(counts)

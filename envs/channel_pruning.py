@@ -53,6 +53,8 @@ class ChannelPruningEnv(gym.Env):
         budget: ``flops`` or ``params``: the resource the wall constrains.
         lbound: the smallest preserve ratio (official: 0.2).
         channel_round: kept channels are rounded to a multiple of this.
+        fill_budget: add a lower wall, so every episode ends within rounding of the target
+            (an extension, off by default: the paper has the upper wall only).
         reconstruct: refit each consumer layer by least squares (needs calibration in ``pruner``).
         device: where the slim model is evaluated.
         eval_batch_size: images per forward pass on the reward set (None: 256 on CPU, where
@@ -67,7 +69,7 @@ class ChannelPruningEnv(gym.Env):
     def __init__(self, pruner: ChannelPruner | None = None,
                  reward_set: ImageSet | tuple[torch.Tensor, torch.Tensor] | None = None, *,
                  reward: str = "acc", target: float | None = 0.5, budget: str = "flops", lbound: float = 0.2,
-                 channel_round: int = 1, reconstruct: bool = True, device: str | torch.device = "cpu",
+                 channel_round: int = 1, fill_budget: bool = False, reconstruct: bool = True, device: str | torch.device = "cpu",
                  eval_batch_size: int | None = None, problem: PruningProblem | None = None,
                  **problem_kwargs: Any) -> None:
         super().__init__()
@@ -92,7 +94,7 @@ class ChannelPruningEnv(gym.Env):
         self.device = torch.device(device)
         self.eval_batch_size = eval_batch_size or (256 if self.device.type == "cpu" else 1024)
         # the PruningState validates lbound, target and reachability of the budget
-        self.state = pruner.state(self.target, lbound, channel_round, budget)
+        self.state = pruner.state(self.target, lbound, channel_round, budget, fill=fill_budget)
         x, y = reward_tensors(reward_set)
         self.reward_x, self.reward_y = x.to(self.device), y.to(self.device)
 

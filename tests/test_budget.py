@@ -253,3 +253,47 @@ def test_uniform_counts_meet_the_target() -> None:
         # the largest such uniform ratio: one more channel everywhere would be over
         assert pruner.flops([min(c + 1, g.channels) for c, g in zip(counts, pruner.graph.groups)]) \
             > target * pruner.flops.full
+
+
+# --------------------------------------------------------------------------- the lower wall (fill)
+
+def one_step_cost(resource: ResourceModel, channel_round: int) -> float:
+    """The largest resource share that one rounding step of one group can move, all else whole."""
+    full = resource.full_counts()
+    worst = 0.0
+    for t, g in enumerate(resource.graph.groups):
+        below = [a for a in allowed_counts(g.channels, channel_round) if a < g.channels]
+        if below:
+            worst = max(worst, resource.full - resource(full[:t] + [max(below)] + full[t + 1:]))
+    return worst / resource.full
+
+
+LINEAR = sorted(set(GRAPHS) - set(SELF_COUPLED))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(LINEAR), kind=st.sampled_from(["flops", "params"]), target=st.floats(0.2, 0.9),
+       lbound=st.sampled_from([0.05, 0.2]), channel_round=st.sampled_from([1, 4, 8]), data=st.data())
+def test_fill_ends_every_episode_at_the_budget_and_never_over(key, kind, target, lbound, channel_round, data) -> None:
+    resource = RESOURCES[key, kind]
+    groups = resource.graph.groups
+    if floor(resource, lbound, channel_round) > target:
+        return
+    state = PruningState(resource, target, lbound, channel_round, fill=True)
+    ratios = data.draw(st.lists(st.floats(-0.5, 1.5), min_size=len(groups), max_size=len(groups)))
+    for r in ratios:
+        state.step(r)
+    assert state.ratio() <= target  # the upper wall still wins
+    assert state.ratio() >= target - one_step_cost(resource, channel_round) - 1e-12
+
+
+def test_fill_raises_a_starved_policy_to_the_budget_and_leaves_the_plain_wall_alone() -> None:
+    resource = RESOURCES["plain20-skip", "flops"]
+    n = len(resource.graph.groups)
+    plain, filled = PruningState(resource, 0.5, 0.2), PruningState(resource, 0.5, 0.2, fill=True)
+    for _ in range(n):  # the agent asks for the lower bound everywhere
+        plain.step(0.2)
+        filled.step(0.2)
+    assert plain.ratio() < 0.2  # the paper's wall only caps, so the budget goes unused
+    assert 0.5 - one_step_cost(resource, 1) <= filled.ratio() <= 0.5
+    assert filled.counts[-1] > plain.counts[-1]  # the last groups make up the difference

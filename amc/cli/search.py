@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lbound", type=float, default=0.2, help="smallest preserve ratio of a layer (default 0.2)")
     p.add_argument("--channel-round", type=int, default=1,
                    help="round kept channels to a multiple of this (default 1; 8 for ImageNet nets)")
+    p.add_argument("--fill-budget", action="store_true",
+                   help="add a lower action wall so every episode ends at the budget (an extension; "
+                        "the paper's wall only caps)")
     p.add_argument("--coupled", default="skip", choices=["skip", "shared"],
                    help="residual-tied channels: skip them, or prune each set with one shared ratio (default skip)")
     p.add_argument("--criterion", default="l1", help="channel-selection criterion (default l1)")
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, weights=_absolute(args.weights), width=args.width, dataset=args.dataset, data_dir=_absolute(args.data_dir),
         mean=args.mean, std=args.std, image_size=args.image_size, reward_set_size=args.reward_set_size,
         split_seed=args.split_seed, reward=args.reward, target=0.5 if args.target is None else args.target,
-        budget=args.budget, lbound=args.lbound,
+        budget=args.budget, lbound=args.lbound, fill_budget=args.fill_budget,
         channel_round=args.channel_round, coupled=args.coupled, criterion=args.criterion,
         reconstruct=args.reconstruct, calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
         points_per_image=args.points_per_image, algo=args.algo, episodes=args.episodes, warmup=args.warmup,
