@@ -250,3 +250,42 @@ def test_bench_quality_summarises_uniform_random_and_ddpg(setup, tmp_path, capsy
         best = json.loads((out_dir / f"{algo}-seed0" / "best_policy.json").read_text())
         assert summary["runs"][algo][0]["reward_top1"] == pytest.approx(best["reward_top1"])
     assert json.loads((out_dir / "summary.json").read_text())["mean"] == summary["mean"]
+
+
+def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup, tmp_path, capsys):
+    common = ["bench", "quality", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]),
+              "--data-dir", str(setup["data"]), "--reward-set-size", "200", "--calib-batches", "2",
+              "--calib-batch-size", "20", "--seeds", "0", "1", "--algos", "random", "--episodes", "3",
+              "--threads", "1", "--fill-budget", "--json"]
+    assert main(common + ["--out", str(tmp_path / "serial")]) == 0
+    serial = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(common + ["--jobs", "2", "--out", str(tmp_path / "par")]) == 0
+    par = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert par["mean"] == serial["mean"] and par["runs"]["random"] == [
+        {**r, "seconds": p["seconds"]} for r, p in zip(serial["runs"]["random"], par["runs"]["random"])]
+    assert all(r["flops_ratio"] > 0.4 for r in par["runs"]["random"])  # --fill-budget reached the searches
+    # a second pass over the same folder only reports the finished searches
+    episodes = (tmp_path / "par" / "random-seed0" / "episodes.jsonl").read_text()
+    assert main(common + ["--jobs", "2", "--resume", "--out", str(tmp_path / "par")]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["mean"] == par["mean"]
+    assert (tmp_path / "par" / "random-seed0" / "episodes.jsonl").read_text() == episodes
+
+
+def test_report_never_moves_the_pruners_own_model(setup, tmp_path, monkeypatch):
+    """On CUDA, evaluating the base model in place left it on the GPU and the next prune failed
+    (index_select with CPU indices); the base row must be measured on a copy."""
+    import amc.cli.common
+    import amc.train
+    from amc.cli.report import compare
+
+    run = tmp_path / "run"
+    assert main(search_args(setup, run, "--algo", "random", "--episodes", "2", "--quiet")) == 0
+    built, seen = [], []
+    real_build = amc.cli.common.build_pruner
+    monkeypatch.setattr(amc.cli.common, "build_pruner", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    monkeypatch.setattr(amc.train, "evaluate", lambda net, data, dev, *a, **k: seen.append(net) or 50.0)
+    rows = compare(str(run))["rows"]
+    assert [r["reward_top1"] for r in rows] == [50.0] * 3
+    assert len(built) == 1 and len(seen) == 6
+    assert all(net is not built[0].model for net in seen)

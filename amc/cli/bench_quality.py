@@ -35,41 +35,87 @@ def register(bsub: argparse._SubParsersAction) -> None:
                    help="algorithms compared (default random ddpg)")
     p.add_argument("--episodes", type=int, default=400, help="episodes per search (default 400)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up episodes of the learners (default 100)")
+    p.add_argument("--fill-budget", action="store_true", help="the searches use the lower action wall too")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="searches run at once, each in its own process (default 1); with --threads, "
+                        "each process gets that many threads")
+    p.add_argument("--resume", action="store_true",
+                   help="continue in an existing --out: finished searches are only reported, stopped ones resumed")
     p.add_argument("--out", required=True, help="folder for the run folders and summary.json")
     p.set_defaults(func=run)
 
 
+def _search_job(cfg, run_dir: str, resume: bool, threads: int | None, progress: bool) -> dict:
+    """One search, in this process or a worker's; an existing run folder is resumed (a finished
+    one is only reported), so a stopped benchmark continues where it was."""
+    import torch
+
+    from agents.search import resume_search, run_search
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if resume and (Path(run_dir) / "config.json").is_file():
+        return resume_search(run_dir, progress=progress)
+    return run_search(cfg, run_dir, progress=progress)
+
+
 def run(args: argparse.Namespace) -> int:
-    from agents.search import SearchConfig, run_search
+    from agents.search import SearchConfig
     from amc.cli.report import compare
 
     setup_threads(args)
     if not args.seeds:
         raise AmcError("--seeds needs at least one seed")
-    out = fresh_out_dir(args.out)
-    results: dict[str, list[dict]] = {a: [] for a in args.algos}
-    uniform: list[dict] = []
-    base = None
-    t0 = time.perf_counter()
+    if args.jobs < 1:
+        raise AmcError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.resume:
+        out = Path(args.out)
+        if not out.is_dir():
+            raise AmcError(f"--resume: {out} is not a folder of amc bench quality")
+    else:
+        out = fresh_out_dir(args.out)
+    jobs = []
     for seed in args.seeds:
         for algo in args.algos:
             cfg = SearchConfig(model=args.model, weights=args.weights, width=args.width, dataset=args.dataset,
                                data_dir=args.data_dir, reward_set_size=args.reward_set_size,
                                calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size,
-                               target=args.target_flops, algo=algo, seed=seed,
+                               target=args.target_flops, fill_budget=args.fill_budget, algo=algo, seed=seed,
                                episodes=args.episodes, warmup=args.warmup if algo != "random" else 0,
                                device=args.device, threads=args.threads)
-            run_dir = out / f"{algo}-seed{seed}"
+            cfg.validate()  # every bad setting is refused before the first search starts
+            jobs.append((seed, algo, cfg, str(out / f"{algo}-seed{seed}")))
+    t0 = time.perf_counter()
+    searches: dict[tuple[int, str], dict] = {}
+    if args.jobs == 1:
+        for seed, algo, cfg, run_dir in jobs:
             print(f"[{time.perf_counter() - t0:7.0f}s] search {algo} seed {seed} -> {run_dir}", file=sys.stderr)
-            search = run_search(cfg, run_dir, progress=not args.json)
-            rep = compare(str(run_dir), device=args.device)
-            base_row, uniform_row, amc_row = rep["rows"]
-            base = base_row
-            if algo == args.algos[0]:
-                uniform.append(uniform_row)  # the uniform row depends on the calibration seed only
-            results[algo].append({"seed": seed, **amc_row, "best_episode": search["best_episode"],
-                                  "seconds": search["seconds"]})
+            searches[seed, algo] = _search_job(cfg, run_dir, args.resume, None, not args.json)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked torch (or CUDA) runtime is not safe to use in the children
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {(seed, algo): pool.submit(_search_job, cfg, run_dir, args.resume, args.threads, False)
+                       for seed, algo, cfg, run_dir in jobs}
+            for (seed, algo), fut in futures.items():
+                searches[seed, algo] = fut.result()
+                print(f"[{time.perf_counter() - t0:7.0f}s] search {algo} seed {seed} done", file=sys.stderr)
+    results: dict[str, list[dict]] = {a: [] for a in args.algos}
+    uniform: list[dict] = []
+    base = None
+    for seed, algo, _, run_dir in jobs:
+        search = searches[seed, algo]
+        rep = compare(run_dir, device=args.device)
+        base_row, uniform_row, amc_row = rep["rows"]
+        base = base_row
+        if algo == args.algos[0]:
+            uniform.append(uniform_row)  # the uniform row depends on the calibration seed only
+        results[algo].append({"seed": seed, **amc_row, "best_episode": search["best_episode"],
+                              "seconds": search["seconds"]})
     summary = {"model": args.model, "dataset": args.dataset, "target": args.target_flops, "episodes": args.episodes,
+               "fill_budget": args.fill_budget, "jobs": args.jobs,
                "warmup": args.warmup, "seeds": args.seeds, "base": base, "uniform": uniform, "runs": results,
                "seconds": round(time.perf_counter() - t0, 1), "command": "amc " + " ".join(args._argv)}
 

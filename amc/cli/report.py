@@ -8,6 +8,7 @@ the search chose its policy on the reward set.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 from amc.cli.common import add_common, emit, setup_threads
@@ -76,7 +77,9 @@ def compare(run_dir: str, policy: str | None = None, data_dir: str | None = None
         if progress:
             print(f"evaluated {name}", file=sys.stderr)
 
-    row("base", model)
+    # evaluate a copy: moving the pruner's own model to the GPU (or to channels-last on CPU)
+    # would leave it where the next prune cannot slice it
+    row("base", copy.deepcopy(model))
     uniform = pruner.uniform_counts(float(target), ns.channel_round)
     row(f"uniform@{target:g}", pruner.prune(uniform, reconstruct), uniform)
     amc_counts = load_policy(ns.policy, pruner, ns.channel_round)
