@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from amc.cli import main
-from conftest import SUBPROCESS_ENV, assert_one_error_line, write_idx
+from conftest import SUBPROCESS_ENV, assert_one_error_line, in_process_error, write_idx
 
 TINY_FACTORY = '''
 from torch import nn
@@ -289,3 +289,13 @@ def test_report_never_moves_the_pruners_own_model(setup, tmp_path, monkeypatch):
     assert [r["reward_top1"] for r in rows] == [50.0] * 3
     assert len(built) == 1 and len(seen) == 6
     assert all(net is not built[0].model for net in seen)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--jobs", "0", "--out", "{tmp}/q"], "--jobs must be >= 1, got 0"),
+    (["--resume", "--out", "{tmp}/missing"], "--resume: {tmp}/missing is not a folder of amc bench quality"),
+])
+def test_bench_quality_refuses_bad_jobs_and_resume(tmp_path, capsys, extra, message):
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    in_process_error(capsys, message.format(tmp=tmp_path), "bench", "quality", "--model", "plain20", *extra)
+    assert not (tmp_path / "q").exists()
