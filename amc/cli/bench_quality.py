@@ -45,15 +45,12 @@ def register(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _search_job(cfg, run_dir: str, resume: bool, threads: int | None, progress: bool) -> dict:
+def _search_job(cfg, run_dir: str, resume: bool, progress: bool) -> dict:
     """One search, in this process or a worker's; an existing run folder is resumed (a finished
-    one is only reported), so a stopped benchmark continues where it was."""
-    import torch
-
+    one is only reported), so a stopped benchmark continues where it was. The search sets its
+    own thread count from ``cfg.threads``."""
     from agents.search import resume_search, run_search
 
-    if threads is not None:
-        torch.set_num_threads(threads)
     if resume and (Path(run_dir) / "config.json").is_file():
         return resume_search(run_dir, progress=progress)
     return run_search(cfg, run_dir, progress=progress)
@@ -90,14 +87,14 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs == 1:
         for seed, algo, cfg, run_dir in jobs:
             print(f"[{time.perf_counter() - t0:7.0f}s] search {algo} seed {seed} -> {run_dir}", file=sys.stderr)
-            searches[seed, algo] = _search_job(cfg, run_dir, args.resume, None, not args.json)
+            searches[seed, algo] = _search_job(cfg, run_dir, args.resume, not args.json)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn: a forked torch (or CUDA) runtime is not safe to use in the children
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {(seed, algo): pool.submit(_search_job, cfg, run_dir, args.resume, args.threads, False)
+            futures = {(seed, algo): pool.submit(_search_job, cfg, run_dir, args.resume, False)
                        for seed, algo, cfg, run_dir in jobs}
             for (seed, algo), fut in futures.items():
                 searches[seed, algo] = fut.result()
