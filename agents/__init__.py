@@ -8,7 +8,12 @@
 - :mod:`agents.callbacks`: episode logs, the best policy, TensorBoard curves, progress bar;
 - :mod:`agents.resume`: the search state saved between episodes, so a stopped search resumes
   exactly;
-- :mod:`agents.search`: :class:`~agents.search.SearchConfig` and :func:`~agents.search.run_search`.
+- :mod:`agents.config`: :class:`~agents.config.SearchConfig`, the search's settings, and the one
+  reader of a run's ``config.json``;
+- :mod:`agents.run_folder`: the run folder, its ``config.json`` and the result;
+- :mod:`agents.interrupt`: a clean stop on SIGINT and SIGTERM;
+- :mod:`agents.search`: the loop, :func:`~agents.search.search` and
+  :func:`~agents.search.resume_search`.
 
 Imports go one way: ``agents`` -> ``envs`` -> ``amc``.
 """

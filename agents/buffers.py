@@ -2,14 +2,24 @@
 
 AMC's reward only exists once the whole network is pruned and evaluated, so the official
 code holds an episode's transitions until it ends and then stores each of them with the
-final reward. It also stores the preserve ratio actually applied (after the action wall and
-rounding, spec §3), not the raw actor output, and it centres every sampled batch with a
-moving-average baseline (spec §5):
+final reward (``amc_search.py``, ``train``: the trajectory ``T`` is replayed into
+``agent.observe`` once ``done``). It also centres every sampled batch with a moving-average
+baseline (``lib/agent.py``, ``update_policy``):
 
     b <- b + 0.5 * (mean(r_batch) - b),   r <- r - b
 
+Which action a transition holds is a choice (``stored_action``):
+
+- ``"applied"`` (our default): the preserve ratio actually kept, after the action wall and
+  the rounding to whole channels, mapped back to the action scale, so the critic learns
+  the value of what was done. This is a departure from the official code (see
+  ``docs/method.md``), not something it does.
+- ``"agent"``: the action the agent chose, as the official code stores it (``amc_search.py``
+  appends ``action``, the output of ``random_action``/``select_action``, before the env's
+  ``_action_wall`` changes it).
+
 SB3's :class:`~stable_baselines3.common.buffers.ReplayBuffer` does the storage and the
-sampling; this subclass adds only those three things, a guard against non-finite rewards, and
+sampling; this subclass adds only those things, a guard against non-finite rewards, and
 ``state_dict``/``load_state_dict`` so a stopped search resumes with the very same buffer.
 """
 from __future__ import annotations
@@ -32,18 +42,27 @@ class EpisodeRewardBuffer(ReplayBuffer):
         buffer_size, observation_space, action_space, device, n_envs, **kwargs: as for
             SB3's ReplayBuffer (one env only: an episode is a sequence of layers).
         baseline_rate: the moving baseline's step size (official: 0.5); 0 turns it off.
+        stored_action: ``"applied"`` (default) stores the action the env applied, read from
+            ``info[applied_action_key]``; ``"agent"`` stores the agent's own action, as the
+            official code does (SB3's ``buffer_action``: the sampled action on [-1, 1]).
         applied_action_key: the ``info`` key holding the applied action in the env's action
-            space; when present it replaces the stored action. None keeps SB3's action.
+            space, for ``stored_action="applied"``; None stores the agent's action too.
     """
+
+    STORED_ACTIONS = ("applied", "agent")
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Box,
                  device: Any = "auto", n_envs: int = 1, baseline_rate: float = 0.5,
-                 applied_action_key: str | None = "applied_action", **kwargs: Any) -> None:
+                 stored_action: str = "applied", applied_action_key: str | None = "applied_action",
+                 **kwargs: Any) -> None:
         if n_envs != 1:
             raise ValueError("EpisodeRewardBuffer needs a single environment")
+        if stored_action not in self.STORED_ACTIONS:
+            raise ValueError(f"stored_action must be one of {', '.join(self.STORED_ACTIONS)}, got {stored_action!r}")
         super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs, **kwargs)
         self.baseline_rate = baseline_rate
-        self.applied_action_key = applied_action_key
+        self.stored_action = stored_action
+        self.applied_action_key = applied_action_key if stored_action == "applied" else None
         self.baseline: float | None = None
         self.pending: list[tuple] = []
 

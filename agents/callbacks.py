@@ -27,6 +27,7 @@ from typing import Any, Callable
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
+from agents.noise import TruncatedNormalNoise
 from amc.checkpoint import atomic_write_bytes
 from amc.errors import AmcError
 from amc.policy import write_policy
@@ -215,15 +216,20 @@ class SearchCallback(BaseCallback):
         boundary: called between episodes, after the update (see :class:`agents.resume.SearchState`).
         resumed: True when the search continues from a saved state (its boundary is saved already).
         should_stop: polled at every step (a Ctrl-C handler sets it).
+        sigma_scale: when given, every episode played by the actor with a
+            :class:`~agents.noise.TruncatedNormalNoise` logs its sigma to TensorBoard as
+            ``explore/sigma``, divided by this factor (the one the noise's sigma was multiplied
+            by, so the curve is in preserve-ratio units). None logs nothing.
     """
 
     # SB3 records these under train/ too; they are bookkeeping, not curves
     SKIP = ("train/n_updates", "train/learning_rate")
 
     def __init__(self, log: EpisodeLog, boundary: Callable[[], None] | None = None, resumed: bool = False,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+                 should_stop: Callable[[], bool] | None = None, sigma_scale: float | None = None) -> None:
         super().__init__()
         self.log = log
+        self.sigma_scale = sigma_scale
         self.boundary = boundary
         self.should_stop = should_stop
         self._last_boundary: int | None = log.episodes if resumed else None
@@ -236,8 +242,18 @@ class SearchCallback(BaseCallback):
         if self.should_stop is not None and self.should_stop():
             return False  # SB3 returns before storing this step
         if bool(self.locals["dones"][0]):
-            self.log.on_episode(self.locals["infos"][0])
+            info = self.locals["infos"][0]
+            self._log_sigma(self.log.episodes, int(info.get("t", 0)) + 1)
+            self.log.on_episode(info)
         return True
+
+    def _log_sigma(self, episode: int, layers: int) -> None:
+        noise = getattr(self.model, "action_noise", None)
+        if not self.sigma_scale or not isinstance(noise, TruncatedNormalNoise):
+            return
+        if episode * layers < self.model.learning_starts:
+            return  # a warm-up episode: uniform random actions, no noise
+        self.log.writer.add_scalar("explore/sigma", noise.sigma_at(episode) / self.sigma_scale, episode)
 
     def _between_episodes(self) -> None:
         n = self.log.episodes

@@ -1,7 +1,11 @@
 """amc: AMC (AutoML for Model Compression, He et al., ECCV 2018), reimplemented.
 
-The core engine: models, data, layer graph, embedding, FLOPs, pruning, reconstruction,
-training, export and the CLI. It never imports gymnasium or stable-baselines3.
+The engine is every module of this package except :mod:`amc.cli`: models, data, the layer
+graph, the embedding, FLOPs, pruning, reconstruction, training, export, and the spec and
+API the commands share (:mod:`amc.spec`, :mod:`amc.api`). The engine never imports
+gymnasium, stable-baselines3, ``envs`` or ``agents`` (a test checks it in a fresh
+interpreter). :mod:`amc.cli`, the command line, sits on top of everything: it is the one
+part of this package that imports ``agents``, whose search builds on ``envs``.
 """
 from __future__ import annotations
 

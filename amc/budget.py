@@ -1,7 +1,8 @@
 """Exact resource accounting for a channel plan, channel rounding and AMC's action wall.
 
-Written by hand because no library offers it: AMC's wall (spec §3) needs the FLOPs of the
-whole network as a function of each group's kept channel count. Every conv/linear's MACs
+Written by hand because no library offers it: AMC's wall
+(docs/method.md#action-and-the-budget-wall) needs the FLOPs of the whole network as a
+function of each group's kept channel count. Every conv/linear's MACs
 and params are linear in the kept count of each group it touches, so the total is
 ``other + this * kept_t`` when every other count is fixed; a layer whose input and output
 are the same group is the one quadratic exception, which the wall checks exactly.
@@ -10,14 +11,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 
 
+class Resource(Protocol):
+    """What :class:`PruningState` needs of a resource: FLOPs, params or predicted latency.
+
+    A resource is non-decreasing in each group's count (the wall's guarantee rests on it:
+    later groups at their lower bound are then the cheapest completion). ``linear`` (default
+    True when absent) says the cost is linear in each count, up to the self-coupled layers the
+    wall confirms exactly; a non-linear resource, such as the latency table of
+    :mod:`amc.latency_table`, has every candidate count checked exactly instead.
+    """
+
+    graph: LayerGraph
+    kind: str
+    full: float
+
+    def full_counts(self) -> list[int]: ...
+
+    def __call__(self, counts: Sequence[int]) -> float: ...
+
+
 class ResourceModel:
     """FLOPs (MACs) or params of the model for any per-group kept channel counts."""
+
+    linear = True  # the wall may solve for the count (see Resource)
 
     def __init__(self, graph: LayerGraph, kind: str = "flops") -> None:
         if kind not in ("flops", "params"):
@@ -64,7 +86,7 @@ def round_channels(ratio: float, channels: int, channel_round: int) -> int:
 
 @dataclass
 class PruningState:
-    """One episode's stepwise decisions, with the budget wall (spec §3).
+    """One episode's stepwise decisions, with the budget wall (docs/method.md#the-guarantee).
 
     ``step(ratio)`` takes the agent's preserve ratio for the current group and returns the
     ratio actually applied, after the wall and channel rounding. With ``target`` set, the
@@ -77,7 +99,7 @@ class PruningState:
     layers. The upper wall wins where the two meet, so the guarantee above still holds.
     """
 
-    resource: ResourceModel
+    resource: Resource
     target: float | None = 0.5  # fraction of the full resource; None: no wall
     lbound: float = 0.2
     channel_round: int = 1
@@ -123,6 +145,10 @@ class PruningState:
         if self.target is None:
             return g.channels
         trial = self.counts[:t] + [0] + self.min_counts[t + 1:]
+        if not getattr(self.resource, "linear", True):
+            # no closed form: the largest allowed count whose model, with every later group at
+            # the lower bound, fits; the fitting counts are a prefix (monotone), so bisect
+            return self._search(t, trial, lambda cost: cost <= self.budget, largest=True, default=0)
         other = self.resource(trial)
         trial[t] = 1
         this = self.resource(trial) - other
@@ -147,6 +173,9 @@ class PruningState:
             return 0
         full = self.resource.full_counts()
         trial = self.counts[:t] + [0] + full[t + 1:]
+        if not getattr(self.resource, "linear", True):
+            # the smallest allowed count that reaches the budget with every later group whole
+            return self._search(t, trial, lambda cost: cost >= self.budget, largest=False, default=g.channels)
         other = self.resource(trial)
         trial[t] = 1
         this = self.resource(trial) - other
@@ -155,6 +184,26 @@ class PruningState:
         k_min = math.ceil((self.budget - other) / this - 1e-9)
         reaching = [a for a in allowed_counts(g.channels, self.channel_round) if a >= k_min]
         return min(reaching) if reaching else g.channels
+
+    def _search(self, t: int, trial: list[int], ok: Callable[[float], bool], largest: bool, default: int) -> int:
+        """Bisect the allowed counts of group ``t`` (placed in ``trial``) for the largest
+        (``largest``) or smallest count whose exact cost satisfies ``ok``; ``default`` if none.
+
+        Exact for a resource non-decreasing in the count, where the counts that satisfy ``ok``
+        form a prefix (upper wall) or a suffix (lower wall). Only counts that were checked
+        are returned, so the upper wall's answer fits the budget whatever the resource.
+        """
+        allowed = allowed_counts(self.resource.graph.groups[t].channels, self.channel_round)
+        lo, hi, best = 0, len(allowed) - 1, default
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            trial[t] = allowed[mid]
+            if ok(self.resource(trial)):
+                best = allowed[mid]
+                lo, hi = (mid + 1, hi) if largest else (lo, mid - 1)
+            else:
+                lo, hi = (lo, mid - 1) if largest else (mid + 1, hi)
+        return best
 
     def step(self, ratio: float) -> float:
         """Apply the preserve ratio for the current group; returns the ratio actually kept."""

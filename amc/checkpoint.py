@@ -6,11 +6,12 @@ the model, as nanoGPT's checkpoints carry ``model_args``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import pickle
-import tempfile
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,28 @@ from torch import nn
 from amc.errors import AmcError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 # --------------------------------------------------------------------------- atomic writes
+
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, empty temporary file beside ``path``: its descriptor and name.
+
+    Unlike ``tempfile.mkstemp`` (always 0600), it is created with mode 0666 and the OS applies
+    the process umask (and any default ACL), so the file gets the permissions a plain ``open()``
+    would give, without reading or changing the umask.
+    """
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place.
@@ -37,12 +55,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = _create_temp(path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:

@@ -1,6 +1,6 @@
 """Datasets, the seeded reward/train/calibration splits, and fast in-memory batching.
 
-Three splits, following AMC (spec §7):
+Three splits, following AMC (docs/method.md#data-splits):
 
 - the **reward set**: a fixed, seeded subset held out of the *training* split, used for the
   search's reward and for choosing checkpoints;
@@ -127,6 +127,28 @@ class DataSplits:
         g = torch.Generator().manual_seed(seed + 1)
         n = min(len(self.train), n_batches * batch_size)
         idx = torch.randperm(len(self.train), generator=g)[:n]
+        x = self.train.normalize(self.train.images[idx])
+        return list(x.split(batch_size))
+
+    def bn_indices(self, n_batches: int, batch_size: int, seed: int) -> torch.Tensor:
+        """Which images of :attr:`train` :meth:`bn_batches` draws (positions in ``train``).
+
+        Drawn without replacement from the calibration part (training minus reward set),
+        with a generator of its own: a different draw from :meth:`calibration_batches`'s for
+        the same seed, and the same draw for the same seed every time.
+        """
+        if n_batches < 1 or batch_size < 1:
+            raise AmcError(f"BN recalibration needs at least one batch of one image, got {n_batches} x {batch_size}")
+        n = min(len(self.train), n_batches * batch_size)
+        rng = np.random.default_rng([int(seed), 0xB4])  # a stream apart from default_rng(seed)
+        return torch.from_numpy(rng.permutation(len(self.train))[:n].astype(np.int64))
+
+    def bn_batches(self, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+        """Normalised batches for re-estimating BatchNorm statistics (adaptive BN, see
+        :mod:`amc.bn_recal`): training images only, never reward or test images, without
+        augmentation (the statistics must match those of the images the model is scored on).
+        Fewer than ``n_batches`` when the calibration part is smaller than requested."""
+        idx = self.bn_indices(n_batches, batch_size, seed)
         x = self.train.normalize(self.train.images[idx])
         return list(x.split(batch_size))
 

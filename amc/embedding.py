@@ -1,4 +1,4 @@
-"""AMC's 11-feature layer embedding (paper §3.1; spec §2).
+"""AMC's 11-feature layer embedding (paper §3.1; docs/method.md#state-the-11-features).
 
 ``(t, n, c, h, w, stride, k, FLOPs[t], reduced, rest, a_{t-1})`` for layer t, the layer
 whose input channels step t prunes (the group's first consumer):

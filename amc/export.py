@@ -1,7 +1,7 @@
 """Export a slim model to ONNX and check the file against PyTorch with onnxruntime.
 
-The paper's last step (§1 of the spec: "the best policy found is then exported as a real
-slim model") ends in a file that runs without amc and without torch. The check runs the
+The paper's last step (docs/method.md#the-loop: the best policy becomes a physically slim
+model) ends in a file that runs without amc and without torch. The check runs the
 ONNX file in onnxruntime at two batch sizes, so the dynamic batch axis is exercised too,
 and compares with the PyTorch outputs.
 """

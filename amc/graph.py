@@ -6,7 +6,8 @@ input channels of the convs/linears that consume them. Coupling is found by Torc
 ``DependencyGraph``, which traces the model once; our own code only classifies its groups.
 
 Residual-tied channels (those that meet in an add) are left alone by default; with
-``coupled="shared"`` each such set becomes one group with one shared ratio (spec §4).
+``coupled="shared"`` each such set becomes one group with one shared ratio
+(docs/method.md#coupled-channels).
 Channel sets whose index mapping is not one-to-one (concat, split, flatten into a linear
 with spatial positions) and grouped (non-depthwise) convs are skipped and reported.
 """

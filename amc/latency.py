@@ -1,8 +1,8 @@
 """CPU latency of several models, measured side by side.
 
 FLOPs are not speed: PocketFlow's users found "pruned" models that ran slower than the
-originals (spec §8). So ``amc eval --checkpoint`` times the slim model and its unpruned base
-in the same process, with their runs interleaved: after a warm-up, each round runs every
+originals (Tencent/PocketFlow issues #83 and #189; docs/method.md#published-numbers). So
+``amc eval --checkpoint`` times the slim model and its unpruned base in the same process, with their runs interleaved: after a warm-up, each round runs every
 model once, alternating the order from round to round, so that a noisy neighbour, a
 frequency change or a cache effect hits both models alike. The figure reported is the
 median of the rounds.
@@ -28,10 +28,6 @@ class Latency:
     @property
     def median_ms(self) -> float:
         return statistics.median(self.samples_ms)
-
-    @property
-    def min_ms(self) -> float:
-        return min(self.samples_ms)
 
     @property
     def iqr_ms(self) -> float:

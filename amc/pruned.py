@@ -83,7 +83,7 @@ def save_pruned(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
 
 def load_recorded_splits(meta: dict, data_dir: str | None = None) -> DataSplits:
     """The data splits a checkpoint was made with: same dataset, split seed, reward-set size and
-    normalisation, so fine-tuning selects on the same held-out reward set (spec §7).
+    normalisation, so fine-tuning selects on the same held-out reward set (docs/method.md#data-splits).
 
     A reward set that differs from the recorded one (other data under ``data_dir``) is refused.
     """

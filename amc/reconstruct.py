@@ -1,4 +1,5 @@
-"""Least-squares weight reconstruction with cached normal equations (spec §4).
+"""Least-squares weight reconstruction with cached normal equations
+(docs/method.md#channel-selection-and-reconstruction).
 
 Written by hand: no library refits a conv on a subset of its input channels. For each
 consumer layer we sample (input patch, output) pairs from calibration batches passed

@@ -1,4 +1,5 @@
-"""Channel selection criteria: which channels of a group to keep (spec §4).
+"""Channel selection criteria: which channels of a group to keep
+(docs/method.md#channel-selection-and-reconstruction).
 
 The default, ``l1``, is AMC's: score each channel by the L1 norm of the consumers' weight
 slices that read it (summed over outputs and kernel). Criteria are plain functions of the

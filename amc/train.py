@@ -18,52 +18,84 @@ from torch import nn
 from tqdm import tqdm
 
 from amc.data import DataSplits, ImageSet
+from amc.errors import AmcError
+from amc.options import option, seed_int
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
-    """Passes over the training part (training split minus the reward set)."""
-    batch_size: int = 128
-    """Images per SGD step."""
-    lr: float = 0.1
-    """Peak learning rate; a cosine schedule takes it to zero."""
+    """The training loop's settings; ``amc train`` and ``amc finetune`` generate their options from it."""
+
+    epochs: int = option(12, "passes over the training part (training split minus the reward set)")
+    batch_size: int = option(128, "images per SGD step")
+    lr: float = option(0.1, "peak learning rate; a cosine schedule takes it to zero")
     momentum: float = 0.9
     """SGD (Nesterov) momentum."""
-    weight_decay: float = 5e-4
-    """L2 penalty on conv and linear weights."""
-    seed: int = 0
-    """Seed for shuffling and augmentation."""
+    weight_decay: float = option(5e-4, "L2 penalty on conv and linear weights")
+    seed: int = option(0, "seed of shuffling and augmentation", type=seed_int)
     device: str = "cpu"
     """``cpu`` or ``cuda``."""
+
+    def validate(self) -> "TrainConfig":
+        """One readable AmcError for the first bad value; returns self."""
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not math.isfinite(self.lr):
+            raise AmcError(f"--lr must be a finite number, got {self.lr}")
+        if self.lr <= 0:
+            raise AmcError(f"--lr must be > 0, got {self.lr}")
+        if not math.isfinite(self.weight_decay):
+            raise AmcError(f"--weight-decay must be a finite number, got {self.weight_decay}")
+        if self.weight_decay < 0:
+            raise AmcError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        return self
 
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from amc.errors import AmcError
-
         raise AmcError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
 
 
 def evaluate(model: nn.Module, data: ImageSet, device: torch.device | str = "cpu", batch_size: int = 250) -> float:
-    """Top-1 accuracy in percent of ``model`` on ``data``.
+    """Top-1 accuracy in percent of ``model`` on ``data`` (see :func:`top1`)."""
+    x, y = data.tensors()
+    return top1(model, x, y, device, batch_size)
 
-    On CPU the model is switched to channels-last, which runs convs about 25% faster;
-    the outputs are the same. The switch happens outside inference mode, so the weights
-    stay normal tensors that training can use afterwards.
+
+def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | str = "cpu",
+         batch_size: int = 250) -> float:
+    """Top-1 accuracy in percent of ``model`` on normalised images ``x`` with labels ``y``.
+
+    The one place accuracy is computed: the search's reward, ``amc eval``, fine-tuning. On
+    CPU the model runs channels-last, which made convs about 25% faster (same outputs); the
+    model is put back in the memory format and train/eval mode it came in.
     """
+    device = torch.device(device)
+    was_training, cpu = model.training, device.type == "cpu"
+    restore = cpu and not _channels_last(model)
     model.eval()
-    if torch.device(device).type == "cpu":
+    if cpu:  # outside inference mode, so the weights stay normal tensors that training can use
         model.to(memory_format=torch.channels_last)
-    correct = 0
-    with torch.inference_mode():
-        for x, y in data.batches(batch_size):
-            out = model(x.to(device, non_blocking=True))
-            correct += int((out.argmax(1).cpu() == y).sum())
-    return 100.0 * correct / max(1, len(data))
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(y), batch_size):
+                out = model(x[i:i + batch_size].to(device, non_blocking=True))
+                correct += (out.argmax(1) == y[i:i + batch_size].to(device, non_blocking=True)).sum()
+    finally:
+        if restore:
+            model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+    return 100.0 * int(correct) / max(1, len(y))
+
+
+def _channels_last(model: nn.Module) -> bool:
+    return any(p.ndim == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters())
 
 
 def train(model: nn.Module, splits: DataSplits, cfg: TrainConfig, out_dir: str | Path | None = None,

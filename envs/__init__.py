@@ -11,7 +11,6 @@ from __future__ import annotations
 import gymnasium
 
 from envs.channel_pruning import ChannelPruningEnv
-from envs.problem import PruningProblem, load_problem
 from envs.rewards import REWARDS, get_reward
 
 ENV_ID = "amc/ChannelPruning-v0"
@@ -19,4 +18,4 @@ ENV_ID = "amc/ChannelPruning-v0"
 if ENV_ID not in gymnasium.registry:
     gymnasium.register(id=ENV_ID, entry_point="envs.channel_pruning:ChannelPruningEnv")
 
-__all__ = ["ENV_ID", "ChannelPruningEnv", "PruningProblem", "REWARDS", "get_reward", "load_problem"]
+__all__ = ["ENV_ID", "ChannelPruningEnv", "REWARDS", "get_reward"]

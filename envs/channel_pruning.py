@@ -1,8 +1,8 @@
-"""AMC's MDP as a Gymnasium environment (paper §3, spec §1-§3, §5).
+"""AMC's MDP as a Gymnasium environment (paper §3; docs/method.md#the-loop).
 
 One episode prunes the whole network, one prunable layer (channel group) per step:
 
-- observation: the 11-feature layer embedding s_t, each feature in [0, 1] (spec §2);
+- observation: the 11-feature layer embedding s_t, each feature in [0, 1] (docs/method.md#state-the-11-features);
 - action: one number in [0, 1], mapped linearly onto a preserve ratio in [lbound, 1];
 - the engine's :class:`~amc.budget.PruningState` applies the action wall and rounds to whole
   channels; the ratio actually kept is a_t in the next embedding and in ``info``;
@@ -31,17 +31,19 @@ from gymnasium import spaces
 
 from amc.data import ImageSet
 from amc.errors import AmcError
+from amc.problem import Problem
 from amc.pruner import ChannelPruner
-from envs.problem import PruningProblem, load_problem, reward_tensors
+from amc.spec import PruneSpec
+from amc.train import top1
 from envs.rewards import get_reward
 
 
 class ChannelPruningEnv(gym.Env):
     """Prune a trained CNN layer by layer; the reward comes from the reward set.
 
-    Pass either prebuilt objects (``pruner`` and ``reward_set``, e.g. in tests) or plain
-    strings (``model``, ``weights``, ``dataset``, ... forwarded to
-    :func:`envs.problem.load_problem`).
+    Pass either prebuilt objects (``pruner`` and ``reward_set``, e.g. in tests, or a built
+    ``problem``) or the fields of a :class:`~amc.spec.PruneSpec` (``model``, ``weights``,
+    ``dataset``, ...), from which the problem is built.
 
     Args:
         pruner: a :class:`~amc.pruner.ChannelPruner` of the trained model.
@@ -59,9 +61,9 @@ class ChannelPruningEnv(gym.Env):
         device: where the slim model is evaluated.
         eval_batch_size: images per forward pass on the reward set (None: 256 on CPU, where
             small batches stay in cache and ran 2.5x faster than 1000 on plain20; 1024 on GPU).
-        problem: a prebuilt :class:`~envs.problem.PruningProblem` (takes precedence).
-        **problem_kwargs: ``model``, ``weights``, ``dataset``, ``data_dir``, ... for
-            :func:`~envs.problem.load_problem`, when no pruner is given.
+        problem: a built :class:`~amc.problem.Problem` (takes precedence).
+        **spec_fields: ``model``, ``weights``, ``dataset``, ``data_dir``, ... of a
+            :class:`~amc.spec.PruneSpec`, when no pruner is given.
     """
 
     metadata = {"render_modes": []}
@@ -70,13 +72,16 @@ class ChannelPruningEnv(gym.Env):
                  reward_set: ImageSet | tuple[torch.Tensor, torch.Tensor] | None = None, *,
                  reward: str = "acc", target: float | None = 0.5, budget: str = "flops", lbound: float = 0.2,
                  channel_round: int = 1, fill_budget: bool = False, reconstruct: bool = True, device: str | torch.device = "cpu",
-                 eval_batch_size: int | None = None, problem: PruningProblem | None = None,
-                 **problem_kwargs: Any) -> None:
+                 eval_batch_size: int | None = None, problem: Problem | None = None,
+                 action_map: str = "linear", **spec_fields: Any) -> None:
         super().__init__()
+        if action_map not in ("linear", "clip"):  # see preserve_ratio
+            raise AmcError(f"action_map must be linear or clip, got {action_map!r}")
+        self.action_map = action_map
         if problem is None and pruner is None:
-            problem = load_problem(reconstruct=reconstruct, **problem_kwargs)
-        elif problem_kwargs:
-            raise TypeError(f"pass either a pruner or model arguments, not both: {sorted(problem_kwargs)}")
+            problem = PruneSpec(reconstruct=reconstruct, **spec_fields).build()
+        elif spec_fields:
+            raise TypeError(f"pass either a pruner or model arguments, not both: {sorted(spec_fields)}")
         if problem is not None:
             pruner, reward_set = problem.pruner, problem.reward_set if reward_set is None else reward_set
         if reward_set is None:
@@ -85,7 +90,6 @@ class ChannelPruningEnv(gym.Env):
             raise AmcError(f"budget must be 'flops' or 'params', got {budget!r}")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise AmcError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
-        self.problem = problem
         self.pruner = pruner
         self.reward_fn = get_reward(reward)
         self.target = target if self.reward_fn.wall else None
@@ -95,7 +99,7 @@ class ChannelPruningEnv(gym.Env):
         self.eval_batch_size = eval_batch_size or (256 if self.device.type == "cpu" else 1024)
         # the PruningState validates lbound, target and reachability of the budget
         self.state = pruner.state(self.target, lbound, channel_round, budget, fill=fill_budget)
-        x, y = reward_tensors(reward_set)
+        x, y = _reward_tensors(reward_set)
         self.reward_x, self.reward_y = x.to(self.device), y.to(self.device)
 
         self.observation_space = spaces.Box(0.0, 1.0, (11,), np.float32)
@@ -109,11 +113,21 @@ class ChannelPruningEnv(gym.Env):
         return self.pruner.num_layers
 
     def preserve_ratio(self, action: float) -> float:
-        """The action in [0, 1] as a preserve ratio in [lbound, 1]."""
+        """The action in [0, 1] as a preserve ratio in [lbound, 1].
+
+        ``action_map="linear"`` (ours): ``lbound + (1 - lbound) * action``, the whole action
+        range is used. ``"clip"`` (the official code): the action *is* the ratio, raised to
+        lbound when below it (``env/channel_pruning_env.py``, ``_action_wall``: clip to [0, 1],
+        then ``max`` with the layer's lbound), so actions in [0, lbound] all give lbound.
+        """
+        if self.action_map == "clip":
+            return min(max(float(action), self.lbound), 1.0)
         return self.lbound + (1.0 - self.lbound) * action
 
     def action_of(self, preserve_ratio: float) -> float:
         """The inverse map, clipped into the action space (rounding may keep less than lbound)."""
+        if self.action_map == "clip":
+            return float(np.clip(preserve_ratio, 0.0, 1.0))
         return float(np.clip((preserve_ratio - self.lbound) / (1.0 - self.lbound), 0.0, 1.0)) \
             if self.lbound < 1.0 else 1.0
 
@@ -167,14 +181,20 @@ class ChannelPruningEnv(gym.Env):
         whose evaluation is not a finite number."""
         return self.reward_fn(1.0, self.pruner.flops.full, self.pruner.params.full)
 
-    @torch.inference_mode()
     def reward_top1(self, model: torch.nn.Module) -> float:
         """Top-1 accuracy (percent) on the reward set, in big batches of cached tensors."""
-        model.eval()
-        if self.device.type == "cpu":  # matches the channels-last cached reward tensors
-            model.to(memory_format=torch.channels_last)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for i in range(0, len(self.reward_y), self.eval_batch_size):
-            out = model(self.reward_x[i:i + self.eval_batch_size])
-            correct += (out.argmax(1) == self.reward_y[i:i + self.eval_batch_size]).sum()
-        return 100.0 * int(correct) / len(self.reward_y)
+        return top1(model, self.reward_x, self.reward_y, self.device, self.eval_batch_size)
+
+
+def _reward_tensors(reward_set: ImageSet | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images and labels of a reward set (an ImageSet or a ready ``(x, y)`` pair)."""
+    if isinstance(reward_set, ImageSet):
+        return reward_set.tensors()
+    if isinstance(reward_set, (tuple, list)) and len(reward_set) == 2:
+        x, y = reward_set
+        x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
+        if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+            raise AmcError(f"reward set must be images (N, C, H, W) and labels (N,), "
+                           f"got {tuple(x.shape)} and {tuple(y.shape)}")
+        return x, y
+    raise AmcError(f"reward_set must be an ImageSet or an (images, labels) pair, got {type(reward_set).__name__}")

@@ -1,4 +1,4 @@
-"""AMC's episode rewards (paper §3.3, spec §5).
+"""AMC's episode rewards (paper §3.3; docs/method.md#rewards).
 
 Error is the pruned model's top-1 error in [0, 1] on the reward set, measured once per
 episode with no fine-tuning. The mode decides both the formula and whether the budget wall
@@ -30,7 +30,6 @@ class Reward:
     fn: Callable[[float, int, int], float]
     wall: bool
     """True for resource-constrained search: the env clamps actions to meet the budget."""
-    doc: str
 
     def __call__(self, error: float, flops: int, params: int) -> float:
         return float(self.fn(error, flops, params))
@@ -52,9 +51,9 @@ def params_reward(error: float, flops: int, params: int) -> float:
 
 
 REWARDS: dict[str, Reward] = {
-    "acc": Reward("acc", acc_reward, True, "-Error, with the budget wall (resource-constrained)"),
-    "flops": Reward("flops", flops_reward, False, "-Error * log(FLOPs), no wall (accuracy-guaranteed)"),
-    "params": Reward("params", params_reward, False, "-Error * log(#Params), no wall (accuracy-guaranteed)"),
+    "acc": Reward("acc", acc_reward, True),  # -Error, with the budget wall (resource-constrained)
+    "flops": Reward("flops", flops_reward, False),  # -Error * log(FLOPs), no wall (accuracy-guaranteed)
+    "params": Reward("params", params_reward, False),  # -Error * log(#Params), no wall (accuracy-guaranteed)
 }
 
 

@@ -1,4 +1,4 @@
-"""Exact resource accounting and AMC's action wall (spec §3).
+"""Exact resource accounting and AMC's action wall (docs/method.md#action-and-the-budget-wall).
 
 - ``ResourceModel`` predicts, from per-group kept counts alone, the MACs and params that the
   slim model really has: checked against our counter, ``torch.utils.flop_counter`` and
@@ -23,7 +23,7 @@ from amc.graph import build_layer_graph
 from amc.models import ModelSpec, build_model
 from amc.pruner import ChannelPruner
 
-from conftest import FIXTURES, exactly
+from helpers import FIXTURES, exactly
 
 RESDW = f"{FIXTURES / 'resdw_net.py'}:factory"
 SMALL_ZOO = {"plain20": 0.25, "resnet20": 0.25, "resnet56": 0.25, "vgg16": 0.125, "mobilenet": 0.125,

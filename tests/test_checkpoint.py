@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from amc.checkpoint import (atomic_write_bytes, atomic_write_json, load_state_di
 from amc.errors import AmcError
 from amc.models import ModelSpec, build_model
 
-from conftest import exactly
+from helpers import SUBPROCESS_ENV, exactly
 
 
 def _model(name: str = "resnet20", num_classes: int = 10, width: float = 0.25, seed: int = 0) -> nn.Module:
@@ -208,3 +210,29 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"]
     assert read_json(target) == {"ok": True}
+
+
+def test_importing_checkpoint_leaves_the_umask_alone(tmp_path: Path) -> None:
+    # a fresh interpreter, so the import really runs; it also writes a file under that umask
+    code = ("import os, sys; os.umask(0o027); import amc.checkpoint as c; "
+            "print(oct(os.umask(0o027))); c.atomic_write_bytes(sys.argv[1], b'x'); "
+            "print(oct(os.stat(sys.argv[1]).st_mode & 0o777))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "f.bin")], env=SUBPROCESS_ENV,
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0o27", "0o640"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002, 0o000])
+def test_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"one")
+        atomic_write_bytes(tmp_path / "a.bin", b"two")  # replacing an existing file too
+        atomic_write_json(tmp_path / "b.json", {"x": 1})
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(old)
+    for name in ("a.bin", "b.json", "plain"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -15,7 +15,7 @@ from amc.checkpoint import shipped_weights
 from amc.flops import count_macs, count_params
 from amc.models import ZOO, ModelSpec, build_model
 
-from conftest import TINY_NET, TINY_TEST, TINY_TRAIN
+from helpers import TINY_NET, TINY_TEST, TINY_TRAIN
 
 MODEL_JSON_KEYS = {"model", "dataset", "split", "flops", "params", "reward_top1", "test_top1"}
 

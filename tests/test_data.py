@@ -11,7 +11,7 @@ import amc.data
 from amc.data import DEBIAN_FASHION_MNIST, ImageSet, load_splits
 from amc.errors import AmcError
 
-from conftest import TINY_TEST, TINY_TRAIN, exactly, stamped_index, write_idx
+from helpers import TINY_TEST, TINY_TRAIN, exactly, stamped_index, write_idx
 
 RECORD_KEYS = {"dataset", "split_seed", "reward_set_size", "train_size", "test_size",
                "reward_indices_sha256", "mean", "std"}

@@ -1,4 +1,4 @@
-"""AMC's 11-feature layer embedding (paper §3.1; spec §2), checked against a table worked by hand.
+"""AMC's 11-feature layer embedding (paper §3.1; docs/method.md#state-the-11-features), checked against a table worked by hand.
 
 The toy net, on 1x8x8 inputs (3x3 convs padded by 1):
 

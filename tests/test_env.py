@@ -83,7 +83,7 @@ def test_registered_and_made_from_prebuilt_objects(pruner, reward_set):
 
 
 def test_made_from_strings(tiny_data_dir):
-    from conftest import TINY_NET
+    from helpers import TINY_NET
 
     env = gymnasium.make(envs.ENV_ID, model=f"{TINY_NET}:factory", weights=None, dataset="fashion-mnist",
                          data_dir=str(tiny_data_dir), reward_set_size=100, calib_batches=1, calib_batch_size=10,

@@ -16,7 +16,7 @@ from amc.latency import interleaved_latency
 from amc.models import ModelSpec, build_model
 from amc.train import evaluate
 
-from conftest import TINY_NET, assert_one_error_line, in_process, pruned_checkpoint
+from helpers import TINY_NET, assert_one_error_line, in_process, pruned_checkpoint
 
 MODEL = f"{TINY_NET}:factory"
 JSON_KEYS = {"top1", "flops", "params", "file_bytes", "latency_ms_b1", "latency_ms_b64", "speedup_b1",

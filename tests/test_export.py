@@ -20,7 +20,7 @@ from amc.cli import main
 from amc.export import check_onnx, export_onnx
 from amc.models import ModelSpec, build_model
 
-from conftest import SUBPROCESS_ENV, TINY_NET, in_process_error
+from helpers import SUBPROCESS_ENV, TINY_NET, in_process_error
 
 MODEL = f"{TINY_NET}:factory"
 PRUNE_ARGS = ("--reward-set-size", "300", "--calib-batches", "2", "--calib-batch-size", "8", "--threads", "1")

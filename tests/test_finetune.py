@@ -12,7 +12,7 @@ import amc
 import amc.train
 from amc.cli import main
 
-from conftest import TINY_TEST, in_process_error, pruned_checkpoint, write_idx
+from helpers import TINY_TEST, in_process_error, pruned_checkpoint, write_idx
 
 REWARD_SET = 300  # differs from TINY_TEST, so the evaluations below tell the reward set from the test set
 

@@ -1,9 +1,10 @@
 """The prunable-layer graph: which channel sets one AMC step prunes, and what each one touches.
 
 One group is the output channels of its producers, the BNs and depthwise convs that carry
-them, and the input channels of the convs/linears that read them (spec §4). Residual-tied
-sets are left alone by default and shared with ``coupled="shared"``; anything we cannot
-slice one-to-one is left alone and reported with a reason.
+them, and the input channels of the convs/linears that read them
+(docs/method.md#coupled-channels). Residual-tied sets are left alone by default and shared
+with ``coupled="shared"``; anything we cannot slice one-to-one is left alone and reported
+with a reason.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from amc.graph import build_layer_graph
 from amc.models import ModelSpec, build_model
 from amc.pruner import ChannelPruner
 
-from conftest import FIXTURES, exactly
+from helpers import FIXTURES, exactly
 
 INPUT = (1, 28, 28)
 RESIDUAL_SKIP = "tied to a residual add (left alone; use coupled='shared' to prune as one group)"

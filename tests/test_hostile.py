@@ -20,7 +20,7 @@ from torch import nn
 
 from amc.cli import main
 from amc.models import ModelSpec, build_model
-from conftest import assert_one_error_line
+from helpers import assert_one_error_line
 from test_search_cli import TINY_FACTORY, read_episodes, search_args, setup  # noqa: F401  (setup is a fixture)
 
 SEED_RANGE = "must be an integer in [0, 4294967295]"
@@ -76,7 +76,7 @@ def tmp_files(folder: Path) -> list[str]:
     (["--channel-round", "0"], "--channel-round must be >= 1, got 0"),
     (["--threads", "0"], "--threads must be >= 1"),
     (["--points-per-image", "0"], "--points-per-image must be >= 1, got 0"),
-    (["--calib-batches", "0"], "calibration needs at least one batch of one image, got 0 x 20"),
+    (["--calib-batches", "0"], "--calib-batches must be >= 1, got 0"),
     (["--reward-set-size", "0"], "--reward-set-size must be in [1, 999], got 0"),
     (["--reward-set-size", "1000"], "--reward-set-size must be in [1, 999], got 1000"),
     (["--mean", "nan"], "--mean values must be finite numbers"),
@@ -295,6 +295,6 @@ def test_bench_search_reports_time_and_memory(setup, tmp_path, capsys):
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["episodes"] == 2 and out["layers"] == 3 and out["seconds_per_episode"] > 0
-    assert 50 < out["peak_rss_mb"] < 8000 and out["feature_cache_mb"] == pytest.approx(232.8 / 1024, abs=1e-2)
+    assert 50 < out["peak_rss_mib"] < 8000 and out["feature_cache_mib"] == pytest.approx(232.8 / 1024, abs=1e-2)
     bad = amc("bench", "search", *args, "--max-cache-mb", "0.01", capsys=capsys)
     assert assert_one_error_line(bad).startswith("the least-squares cache would take 232.8 KB")

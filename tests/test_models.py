@@ -11,7 +11,7 @@ from amc.errors import AmcError
 from amc.flops import count_macs, count_params, flop_counter_flops
 from amc.models import ZOO, ModelSpec, build_model, is_zoo
 
-from conftest import TINY_NET, exactly
+from helpers import TINY_NET, exactly
 
 ZOO_NAMES = ["plain20", "resnet20", "resnet56", "vgg16", "mobilenet", "mobilenetv2"]
 

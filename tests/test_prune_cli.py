@@ -26,7 +26,7 @@ from amc.models import ModelSpec, build_model
 from amc.policy import load_policy, parse_policy, write_policy
 from amc.pruner import ChannelPruner
 
-from conftest import FIXTURES, exactly
+from helpers import FIXTURES, exactly
 
 RESDW = f"{FIXTURES / 'resdw_net.py'}:factory"
 INPUT = (1, 28, 28)

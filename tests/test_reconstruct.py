@@ -1,4 +1,4 @@
-"""Channel selection and least-squares reconstruction (spec §4).
+"""Channel selection and least-squares reconstruction (docs/method.md#channel-selection-and-reconstruction).
 
 - Selection: the L1 criterion keeps the channels whose consumer weight slices have the
   largest L1 norms, on weights built so the answer is known.
@@ -18,7 +18,7 @@ from amc.pruner import ChannelPruner
 from amc.reconstruct import FeatureCache
 from amc.selection import CRITERIA, get_criterion, l1_consumer, l1_producer, top_k
 
-from conftest import exactly
+from helpers import exactly
 
 
 # --------------------------------------------------------------------------- selection

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from amc.cli import main
-from conftest import assert_one_error_line
+from helpers import assert_one_error_line
 from test_search_cli import popen_amc, read_episodes, search_args, setup  # noqa: F401  (setup is a fixture)
 
 EPISODES, WARMUP = 16, 2

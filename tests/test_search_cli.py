@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from amc.cli import main
-from conftest import SUBPROCESS_ENV, assert_one_error_line, in_process_error, write_idx
+from helpers import SUBPROCESS_ENV, assert_one_error_line, in_process_error, write_idx
 
 TINY_FACTORY = '''
 from torch import nn
@@ -275,20 +275,20 @@ def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup
 def test_report_never_moves_the_pruners_own_model(setup, tmp_path, monkeypatch):
     """On CUDA, evaluating the base model in place left it on the GPU and the next prune failed
     (index_select with CPU indices); the base row must be measured on a copy."""
-    import amc.cli.common
+    import amc.spec
     import amc.train
-    from amc.cli.report import compare
+    from amc.api import compare
 
     run = tmp_path / "run"
     assert main(search_args(setup, run, "--algo", "random", "--episodes", "2", "--quiet")) == 0
     built, seen = [], []
-    real_build = amc.cli.common.build_pruner
-    monkeypatch.setattr(amc.cli.common, "build_pruner", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build = amc.spec.PruneSpec.build
+    monkeypatch.setattr(amc.spec.PruneSpec, "build", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     monkeypatch.setattr(amc.train, "evaluate", lambda net, data, dev, *a, **k: seen.append(net) or 50.0)
     rows = compare(str(run))["rows"]
     assert [r["reward_top1"] for r in rows] == [50.0] * 3
     assert len(built) == 1 and len(seen) == 6
-    assert all(net is not built[0].model for net in seen)
+    assert all(net is not built[0].pruner.model for net in seen)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -299,3 +299,21 @@ def test_bench_quality_refuses_bad_jobs_and_resume(tmp_path, capsys, extra, mess
     extra = [e.format(tmp=tmp_path) for e in extra]
     in_process_error(capsys, message.format(tmp=tmp_path), "bench", "quality", "--model", "plain20", *extra)
     assert not (tmp_path / "q").exists()
+
+
+def test_python_api_search_then_compare_and_prune(setup, tmp_path):
+    """The README's "Use from Python": the same functions the commands call, no argparse."""
+    from agents.config import SearchConfig
+    from agents.search import search
+    from amc.api import compare, prune
+    from amc.spec import PruneSpec
+
+    spec = PruneSpec(model=f"{setup['model']}:factory", weights=str(setup["weights"]), data_dir=str(setup["data"]),
+                     reward_set_size=200, calib_batches=2, calib_batch_size=20, fill_budget=True, seed=3)
+    best = search(spec, SearchConfig(episodes=4, warmup=2), tmp_path / "run", progress=False)
+    rows = compare(tmp_path / "run")["rows"]
+    slim, meta = prune(spec, str(tmp_path / "run" / "best_policy.json"))
+    assert rows[2]["reward_top1"] == meta["reward_top1"] == best["best_reward_top1"]
+    assert meta["flops_ratio"] == best["best_flops_ratio"] <= 0.5
+    assert PruneSpec.from_dict(meta["spec"]) == spec
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in spec.build().model.parameters())

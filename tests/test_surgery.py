@@ -4,7 +4,8 @@ The masked model keeps every tensor at full size and zeroes the consumers' input
 of the pruned channels; the slim model drops those channels from producers, BNs, depthwise
 convs and consumers. With the same kept channels (and the same reconstructed weights) their
 outputs must agree to float rounding, for every zoo model, the torchvision models and a user
-model with residual adds and depthwise convs (spec §4, "Slim model").
+model with residual adds and depthwise convs
+(docs/method.md#channel-selection-and-reconstruction, "Slim model").
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from amc.models import ModelSpec, build_model
 from amc.pruner import ChannelPruner
 from amc.surgery import channel_plan, masked_model, slim_model
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 RESDW = f"{FIXTURES / 'resdw_net.py'}:factory"
 # small widths keep every model a few milliseconds per forward pass on one thread

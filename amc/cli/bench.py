@@ -6,8 +6,10 @@ import platform
 import sys
 import time
 
-from amc.cli.common import (add_common, add_data_args, add_model_args, add_pruner_args, build_pruner, emit,
-                            add_max_cache_arg, load_data, seed_int, setup_threads)
+from agents.config import SEARCH, SearchConfig
+from amc.cli.common import absolute, add_common, add_spec, emit, setup_threads, spec_from
+from amc.options import add_options, values_given
+from amc.spec import BUDGET, DATA, MODEL, PRUNER
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,33 +20,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="(a) time to evaluate the unpruned model on the reward set; (b) median time of "
                                      "one 'apply random policy at the target + reconstruct + evaluate'; the ratio "
                                      "b/a (target <= 0.8 at 50%% FLOPs). Also reward-set top-1 of the uniform "
-                                     "policy with and without reconstruction.")
-    add_model_args(pp)
-    add_data_args(pp)
+                                     "policy with and without reconstruction. --target is the FLOPs ratio of the "
+                                     "random policies; --seed seeds them and the calibration.")
+    add_spec(pp, MODEL, DATA, PRUNER, BUDGET)
     add_common(pp)
-    add_pruner_args(pp)
     pp.add_argument("--trials", type=int, default=7, help="random policies timed (default 7)")
-    pp.add_argument("--target", type=float, default=0.5, help="FLOPs ratio of the random policies (default 0.5)")
-    pp.add_argument("--seed", type=seed_int, default=0, help="seed of the random policies (default 0)")
     pp.set_defaults(func=run_prune)
 
     ps = bsub.add_parser("search", help="a short amc search in a child process: seconds per episode, peak memory",
-                         description="Runs a short amc search in a child process and reports its seconds per "
+                         description="Runs a short search in a child process and reports its seconds per "
                                      "episode, its wall time, its peak resident memory (the child's ru_maxrss) and "
                                      "the size of its least-squares cache.")
-    add_model_args(ps)
-    add_data_args(ps)
+    add_spec(ps, MODEL, DATA, PRUNER, BUDGET)
     add_common(ps)
-    ps.add_argument("--algo", default="ddpg", choices=["ddpg", "td3", "sac", "random"], help="(default ddpg)")
+    add_options(ps, SearchConfig, [SEARCH], skip=("episodes", "warmup"))
     ps.add_argument("--episodes", type=int, default=10, help="episodes in all (default 10)")
     ps.add_argument("--warmup", type=int, default=5, help="warm-up episodes (default 5)")
-    ps.add_argument("--target-flops", type=float, default=0.5, help="FLOPs budget (default 0.5)")
-    ps.add_argument("--seed", type=seed_int, default=0, help="seed of the search (default 0)")
-    ps.add_argument("--no-reconstruct", action="store_true", help="skip the least-squares reconstruction")
-    ps.add_argument("--calib-batches", type=int, default=60, help="calibration batches (default 60)")
-    ps.add_argument("--calib-batch-size", type=int, default=50, help="images per calibration batch (default 50)")
-    ps.add_argument("--points-per-image", type=int, default=10, help="sampled positions per image (default 10)")
-    add_max_cache_arg(ps)
     ps.add_argument("--run", default=None, help="keep the search's run folder here (default: a temporary one)")
     ps.set_defaults(func=run_search_bench)
     from amc.cli import bench_quality
@@ -57,37 +48,34 @@ def run_prune(args: argparse.Namespace) -> int:
     import torch
 
     from amc.bench import bench_prune, uniform_quality
-    from amc.cli.common import check_finite
     from amc.errors import AmcError
-    from amc.loading import resolve_model
 
     setup_threads(args)
-    check_finite("--target", args.target, 0, 1, lo_open=True)
+    spec = spec_from(args)
     if args.trials < 1:
         raise AmcError(f"--trials must be >= 1, got {args.trials}")
-    splits = load_data(args)
-    model, spec, weights = resolve_model(args.model, args.weights, splits.info, args.width)
     t0 = time.perf_counter()
-    pruner = build_pruner(args, model, splits, args.seed)
+    problem = spec.build(progress=not args.json)
     setup_s = time.perf_counter() - t0
+    pruner, model, splits = problem.pruner, problem.model, problem.splits
     log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
-    speed = bench_prune(pruner, model, splits.reward, args.trials, args.target, args.seed, log)
-    quality = uniform_quality(pruner, model, splits.reward, args.target)
-    res = {"model": spec.name, "weights": weights, "dataset": args.dataset, "layers": pruner.num_layers,
+    speed = bench_prune(pruner, model, splits.reward, args.trials, spec.target, spec.seed, log)
+    quality = uniform_quality(pruner, model, splits.reward, spec.target)
+    res = {"model": problem.model_spec.name, "weights": problem.weights, "dataset": spec.dataset, "spec": spec.to_dict(), "layers": pruner.num_layers,
            "setup_s": setup_s, "feature_cache_bytes": pruner.cache.nbytes if pruner.cache else 0,
            **speed, **quality, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                                          f"torch {torch.__version__}"}
     table = "\n".join([
-        f"amc bench prune: {spec.name} on {args.dataset}, {pruner.num_layers} prunable layers, "
+        f"amc bench prune: {problem.model_spec.name} on {spec.dataset}, {pruner.num_layers} prunable layers, "
         f"{speed['reward_set_size']} reward images, {speed['threads']} threads",
         f"  setup (graph + calibration cache, once per search): {setup_s:.2f} s, "
-        f"cache {res['feature_cache_bytes'] / 1e6:.1f} MB",
+        f"cache {res['feature_cache_bytes'] / 2**20:.1f} MiB",
         f"  (a) evaluate unpruned model:                 {speed['unpruned_eval_s']:.3f} s",
         f"  (b) random policy + reconstruct + evaluate:  {speed['episode_s']:.3f} s "
         f"(prune+reconstruct {speed['episode_prune_reconstruct_s']:.3f} s, evaluate {speed['episode_eval_s']:.3f} s, "
         f"mean FLOPs ratio {speed['mean_flops_ratio']:.3f})",
         f"  b/a = {speed['ratio_b_over_a']:.2f}",
-        f"  uniform @ {args.target:.2f} FLOPs: reward-set top-1 {quality['uniform_no_reconstruct_reward_top1']:.2f}% "
+        f"  uniform @ {spec.target:.2f} FLOPs: reward-set top-1 {quality['uniform_no_reconstruct_reward_top1']:.2f}% "
         f"without reconstruction, "
         + (f"{quality['uniform_reconstruct_reward_top1']:.2f}% with" if "uniform_reconstruct_reward_top1" in quality
            else "(reconstruction off)")
@@ -97,64 +85,50 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_in_child(spec, cfg, run: str) -> tuple[dict, dict, int]:
+    """Runs in the child process: the search, its config.json and the child's peak RSS (KiB on Linux)."""
+    import resource
+
+    from agents.search import search
+    from amc.checkpoint import read_json
+
+    res = search(spec, cfg, run, progress=False)
+    return res, read_json(f"{run}/config.json"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def run_search_bench(args: argparse.Namespace) -> int:
-    import json
-    import os
+    import multiprocessing as mp
     import shutil
-    import subprocess
     import tempfile
+    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
-    from amc.checkpoint import read_json
-    from amc.errors import AmcError
-
-    child = ["search", "--model", args.model, "--dataset", args.dataset, "--reward-set-size", str(args.reward_set_size),
-             "--split-seed", str(args.split_seed), "--image-size", str(args.image_size), "--algo", args.algo,
-             "--episodes", str(args.episodes), "--warmup", str(args.warmup), "--target-flops", str(args.target_flops),
-             "--seed", str(args.seed), "--calib-batches", str(args.calib_batches), "--calib-batch-size",
-             str(args.calib_batch_size), "--points-per-image", str(args.points_per_image), "--max-cache-mb",
-             str(args.max_cache_mb), "--device", args.device, "--quiet", "--json"]
-    for flag, value in (("--weights", args.weights), ("--width", args.width), ("--data-dir", args.data_dir),
-                        ("--threads", args.threads)):
-        if value is not None:
-            child += [flag, str(value)]
-    for flag, values in (("--mean", args.mean), ("--std", args.std)):
-        if values is not None:
-            child += [flag, *map(str, values)]
-    if args.no_reconstruct:
-        child.append("--no-reconstruct")
+    setup_threads(args)
+    spec = spec_from(args)
+    spec = spec.replace(weights=absolute(spec.weights), data_dir=absolute(spec.data_dir))
+    cfg = SearchConfig(**{**values_given(args, SearchConfig), "episodes": args.episodes, "warmup": args.warmup},
+                       device=args.device, threads=args.threads).validate()
     scratch = None if args.run else Path(tempfile.mkdtemp(prefix="amc-bench-search-"))
     run = Path(args.run) if args.run else scratch / "run"
-    child += ["--run", str(run)]
     try:
-        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-m", "amc", *child], stdout=out, stderr=err, text=True)
-            # wait4 gives this child's own peak memory (RUSAGE_CHILDREN mixes in every earlier child)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            err.seek(0)
-            stdout, stderr = out.read(), err.read()
-        if proc.returncode != 0:
-            last = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            raise AmcError(last[len("error: "):] if last.startswith("error: ") else f"the search failed: {last}")
-        res = json.loads(stdout.strip().splitlines()[-1])
-        config = read_json(run / "config.json")
+        t0 = time.perf_counter()
+        # a fresh process, so its peak memory is the search's own (spawn: no forked torch runtime)
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+            res, config, maxrss_kib = pool.submit(_search_in_child, spec, cfg, str(run)).result()
+        wall = time.perf_counter() - t0
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    out_res = {"model": args.model, "dataset": args.dataset, "algo": args.algo, "episodes": res["episodes"],
+    out_res = {"model": spec.model, "dataset": spec.dataset, "algo": cfg.algo, "episodes": res["episodes"],
                "layers": config.get("num_layers"), "seconds_per_episode": res["seconds_per_episode"],
                "search_s": res["seconds"], "wall_s": round(wall, 2),
-               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
-               "feature_cache_mb": round(config.get("feature_cache_bytes", 0) / 2**20, 2),
+               "peak_rss_mib": round(maxrss_kib / 1024, 1),  # Linux reports KiB
+               "feature_cache_mib": round(config.get("feature_cache_bytes", 0) / 2**20, 2),
                "threads": config.get("threads"), "machine": f"{platform.machine()}, python {platform.python_version()}"}
     emit(out_res, args.json,
-         f"amc bench search: {args.model} on {args.dataset}, {args.algo}, {res['episodes']} episodes of "
+         f"amc bench search: {spec.model} on {spec.dataset}, {cfg.algo}, {res['episodes']} episodes of "
          f"{out_res['layers']} steps, {out_res['threads']} threads\n"
          f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
          f"{wall:.1f} s with start-up and set-up)\n"
-         f"  peak memory (RSS) {out_res['peak_rss_mb']:.0f} MB, least-squares cache {out_res['feature_cache_mb']:.1f} MB")
+         f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache {out_res['feature_cache_mib']:.1f} MiB")
     return 0

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from amc.cli.common import add_common, add_data_args, add_model_args, emit, load_data, setup_threads
+from amc.cli.common import add_common, add_spec, emit, setup_threads, spec_from
+from amc.spec import DATA, MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: test top-1, FLOPs, params",
                        description="Evaluate a model on the test set (the one place the test set is used).")
-    add_model_args(p)
-    add_data_args(p)
+    add_spec(p, MODEL, DATA)
     add_common(p)
     p.add_argument("--checkpoint", default=None,
                    help="a folder written by amc prune/finetune/export; adds latency vs. the base model")
@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amc.flops import count_macs, count_params
-    from amc.loading import resolve_model
     from amc.train import evaluate, resolve_device
 
     setup_threads(args)
@@ -31,13 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
         return run_checkpoint(args)
     device = resolve_device(args.device)
-    splits = load_data(args)
-    model, spec, weights = resolve_model(args.model, args.weights, splits.info, args.width)
+    prune_spec = spec_from(args)
+    splits = prune_spec.load_splits()
+    model, spec, weights = prune_spec.load_model(splits)
     shape = splits.test.shape
     flops, params = count_macs(model, shape), count_params(model)
     top1 = evaluate(model.to(device), splits.test, device)
-    res = {"model": spec.name, "weights": weights, "dataset": args.dataset, "top1": top1,
+    res = {"model": spec.name, "weights": weights, "dataset": prune_spec.dataset, "top1": top1,
            "flops": flops, "params": params}
-    emit(res, args.json, f"{spec.name} on {args.dataset} test set: top-1 {top1:.2f}%  "
+    emit(res, args.json, f"{spec.name} on {prune_spec.dataset} test set: top-1 {top1:.2f}%  "
                          f"{flops / 1e6:.2f}M MACs  {params / 1e6:.3f}M params")
     return 0

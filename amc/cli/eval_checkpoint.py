@@ -58,7 +58,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         sys.stderr.write(f"note: {missing}; the base model's top-1 is not reported (its FLOPs, params and "
                          "latency need only the architecture)\n")
 
-    splits = load_recorded_splits(meta, args.data_dir)
+    splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
     top1 = evaluate(model.to(device), splits.test, device)
     base_top1 = None if missing else evaluate(base.to(device), splits.test, device)
 

@@ -9,11 +9,6 @@ from typing import Any
 from amc.cli.common import add_common, emit, fresh_out_dir, setup_threads
 from amc.errors import AmcError
 
-# amc prune's options that decide the pruned model, as config.json of amc search names them
-_RUN_KEYS = ("dataset", "reward_set_size", "split_seed", "coupled", "criterion", "channel_round", "reconstruct",
-             "calib_batches", "calib_batch_size", "points_per_image", "seed")
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a slim model: safetensors + JSON + ONNX (checked with onnxruntime)",
                        description="Export a slim model as model.safetensors + model.json (rebuilt by "
@@ -47,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
         raise AmcError("--data-dir goes with --run (exporting a checkpoint needs no data)")
     resolve_device(args.device)
     if args.run:
-        prune_args, source = prune_args_from_run(args)
-        out = fresh_out_dir(args.out)
-        from amc.cli.prune import prune_from_args
+        from amc.api import prune, read_run
 
-        model, meta = prune_from_args(prune_args)
+        run = read_run(args.run, args.policy, args.data_dir)
+        out = fresh_out_dir(args.out)
+        model, meta = prune(run.spec, str(run.policy), device=args.device, progress=not args.json)
         meta["kind"] = "exported"
-        meta["source"] = source
+        meta["source"] = run.source
     else:
         src = Path(args.checkpoint)
         model, meta = load_checkpoint(src)
@@ -110,54 +105,3 @@ def _ratio(v: Any) -> str:
 
 def _pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "?"
-
-
-def prune_args_from_run(args: argparse.Namespace) -> tuple[argparse.Namespace, dict]:
-    """``amc prune``'s arguments that repeat the search's pruning of its best (or the given) policy.
-
-    The search's seed also seeded its calibration sampling, so the same seed here gives the
-    same reconstruction, and the exported model is the one the search evaluated.
-    """
-    from amc.checkpoint import read_json
-
-    run = Path(args.run)
-    if not run.is_dir():
-        raise AmcError(f"run folder not found: {run}")
-    config = read_json(run / "config.json")
-    cfg = config.get("config") if isinstance(config, dict) else None
-    if not isinstance(cfg, dict):
-        raise AmcError(f"{run / 'config.json'} lacks the search settings (a 'config' object); "
-                       "was it written by amc search?")
-    split = config.get("split") if isinstance(config.get("split"), dict) else {}
-    missing = [k for k in _RUN_KEYS if k not in cfg and k not in split]
-    if missing:
-        raise AmcError(f"{run / 'config.json'} lacks {', '.join(missing)}; was it written by amc search?")
-    spec = config.get("model") if isinstance(config.get("model"), dict) else {}
-    model = spec.get("name", cfg.get("model"))
-    if not isinstance(model, str):
-        raise AmcError(f"{run / 'config.json'} names no model")
-    policy = Path(args.policy) if args.policy else run / "best_policy.json"
-    if not policy.is_file():
-        raise AmcError(f"policy file not found: {policy}" + ("" if args.policy else
-                       " (has the search finished an episode?)"))
-    best = read_json(policy)
-    ints = {}
-    for key in ("reward_set_size", "split_seed", "channel_round", "calib_batches", "calib_batch_size",
-                "points_per_image", "seed"):
-        value = split.get(key, cfg.get(key))
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise AmcError(f"{run / 'config.json'}: {key} must be an integer, got {value!r}")
-        ints[key] = value
-    ns = argparse.Namespace(
-        model=model, weights=config.get("weights", cfg.get("weights")),
-        width=spec.get("width", cfg.get("width")), dataset=cfg["dataset"],
-        data_dir=args.data_dir or cfg.get("data_dir"),
-        # the split record holds the resolved values (normalisation included)
-        mean=split.get("mean", cfg.get("mean")), std=split.get("std", cfg.get("std")),
-        image_size=cfg.get("image_size", 224), coupled=cfg["coupled"], criterion=cfg["criterion"],
-        no_reconstruct=not cfg["reconstruct"], policy=str(policy), device=args.device, json=args.json,
-        show_groups=False, **ints)
-    source = {"run": str(run.resolve()), "policy": str(policy.resolve())}
-    if isinstance(best, dict) and isinstance(best.get("reward_top1"), (int, float)):
-        source["search_reward_top1"] = best["reward_top1"]  # what the search measured for this policy
-    return ns, source

@@ -6,10 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
-from amc.cli.common import seed_int, add_common, check_finite, emit, fresh_out_dir, setup_threads
-from amc.errors import AmcError
+from amc.cli.common import add_common, emit, fresh_out_dir, setup_threads
+from amc.options import add_options, values_given
+from amc.train import TrainConfig
+
+FINETUNE_DEFAULTS = {"lr": 0.01}
+"""A pruned model starts close to a good one: a tenth of training's peak learning rate."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="a folder written by amc prune, finetune or export")
     p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, model.json and tb/")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine to zero (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of shuffling and augmentation (default 0)")
+    add_options(p, TrainConfig, skip=("epochs",), defaults=FINETUNE_DEFAULTS)
     p.add_argument("--data-dir", default=None,
                    help="where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, then download)")
     add_common(p)
@@ -34,24 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amc.pruned import load_checkpoint, load_recorded_splits, save_pruned
-    from amc.train import TrainConfig, evaluate, resolve_device, train
+    from amc.train import evaluate, resolve_device, train
 
     setup_threads(args)
-    if args.epochs < 1:
-        raise AmcError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise AmcError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_finite("--lr", args.lr, 0, lo_open=True)
-    check_finite("--weight-decay", args.weight_decay, 0)
     device = resolve_device(args.device)
+    cfg = TrainConfig(**{**FINETUNE_DEFAULTS, **values_given(args, TrainConfig), "device": str(device)}).validate()
     src = Path(args.checkpoint)
     model, meta = load_checkpoint(src)
     splits = load_recorded_splits(meta, args.data_dir)
     out = fresh_out_dir(args.out)
     model.to(device)
     before = evaluate(model, splits.reward, device)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=args.weight_decay, seed=args.seed, device=str(device))
     result = train(model, splits, cfg, out_dir=out, progress=not args.json)
     test_top1 = evaluate(model, splits.test, device)
     model.cpu()

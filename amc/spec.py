@@ -1,0 +1,196 @@
+"""PruneSpec: one typed description of a pruning problem.
+
+The model and its weights, the dataset and its split, the pruner's options and the budget,
+each field with its default and its help text, once. Every command that prunes (``prune``,
+``search``, ``report``, ``export --run``, ``bench``) builds a PruneSpec; the command-line
+options are generated from these fields (:mod:`amc.options`); :meth:`PruneSpec.to_dict` and
+:meth:`PruneSpec.from_dict` are the only writer and reader of the spec part of a search's
+``config.json``, of a checkpoint's ``model.json`` and of the bench summaries; and
+:meth:`PruneSpec.build` is the one set-up path: data, base model, pruner with its
+calibration cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from amc.errors import AmcError
+from amc.options import MAX_SEED, option, seed_int
+
+# which commands show which options: prune takes model, data and pruner; search and bench add budget
+MODEL, DATA, PRUNER, BUDGET = "model", "data", "pruner", "budget"
+RESOURCES = ("flops", "params")
+RECORDED = ("model", "dataset", "reward_set_size", "split_seed", "coupled", "criterion", "channel_round",
+            "reconstruct", "calib_batches", "calib_batch_size", "points_per_image", "seed")
+"""The settings every spec record has held since the first release."""
+
+
+@dataclass
+class PruneSpec:
+    """What is pruned, on which data, how, and to which budget."""
+
+    # --- the model
+    model: str = option("plain20", "zoo name (plain20, resnet20, resnet56, vgg16, mobilenet, mobilenetv2), tv:NAME "
+                        "for a torchvision model, or path/to/file.py:factory", group=MODEL)
+    weights: str | None = option(None, ".safetensors or .pt state_dict; zoo models default to the shipped weights",
+                                 group=MODEL)
+    width: float | None = option(None, "width multiplier of a zoo model (none: that of the shipped weights, "
+                                       "else 1.0)", group=MODEL)
+    # --- the data and its split
+    dataset: str = option("fashion-mnist", "fashion-mnist, cifar10 or imagefolder:PATH", group=DATA)
+    data_dir: str | None = option(None, "where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, "
+                                        "then a download)", group=DATA)
+    mean: list[float] | None = option(None, "override the per-channel normalisation mean", group=DATA, type=float,
+                                      nargs="+")
+    std: list[float] | None = option(None, "override the per-channel normalisation std", group=DATA, type=float,
+                                     nargs="+")
+    image_size: int = option(224, "image size of imagefolder: datasets", group=DATA)
+    reward_set_size: int = option(5000, "training images held out as the reward set, for rewards and model "
+                                        "selection (docs/method.md#data-splits)", group=DATA)
+    split_seed: int = option(0, "seed of the reward-set split (keep the base model's)", group=DATA, type=seed_int)
+    # --- the pruner
+    coupled: str = option("skip", "residual-tied channels: leave alone (skip) or prune each set with one shared "
+                                  "ratio (shared)", group=PRUNER, choices=("skip", "shared"))
+    criterion: str = option("l1", "channel selection: l1 (the consumer's weights) or l1-producer", group=PRUNER)
+    channel_round: int = option(1, "keep a multiple of this many channels (8 suits CPU kernels and ImageNet nets)",
+                                group=PRUNER)
+    reconstruct: bool = option(True, "skip the least-squares refit of the pruned layers", group=PRUNER)
+    calib_batches: int = option(60, "calibration batches of training images for the refit (official: 60)",
+                                group=PRUNER)
+    calib_batch_size: int = option(50, "images per calibration batch (official: 50)", group=PRUNER)
+    points_per_image: int = option(10, "sampled output positions per calibration image (official: 10)",
+                                   group=PRUNER)
+    max_cache_mb: float | None = option(2048, "refuse to start when the least-squares cache (8*d*(d+n) bytes per "
+                                              "layer, d inputs and n outputs) would exceed this many MiB",
+                                        group=PRUNER, metavar="MIB")
+    seed: int = option(0, "seed of the calibration sampling (a search seeds everything else with it too)",
+                       group=PRUNER, type=seed_int)
+    # --- the budget
+    budget: str = option("flops", "resource the action wall constrains", group=BUDGET, choices=RESOURCES)
+    target: float = option(0.5, "the budget: the fraction of the resource to keep, in (0, 1]", group=BUDGET,
+                           flags=("--target-flops", "--target"), metavar="R")
+    lbound: float = option(0.2, "smallest preserve ratio of a layer (official: 0.2)", group=BUDGET)
+    fill_budget: bool = option(False, "add a lower action wall, so every episode ends at the budget (an extension; "
+                                      "the paper's wall only caps)", group=BUDGET)
+
+    # ------------------------------------------------------------------ checks and records
+
+    def validate(self) -> "PruneSpec":
+        """Raise one readable AmcError for the first bad value; returns self."""
+        if not isinstance(self.model, str) or not self.model:
+            raise AmcError(f"model must be a non-empty string, got {self.model!r}")
+        for name in ("seed", "split_seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+                raise AmcError(f"--{name.replace('_', '-')} must be an integer in [0, {MAX_SEED}], got {v}")
+        for name in ("image_size", "channel_round", "calib_batches", "calib_batch_size", "points_per_image"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.coupled not in ("skip", "shared"):
+            raise AmcError(f"coupled must be 'skip' or 'shared', got {self.coupled!r}")
+        if self.max_cache_mb is not None and not (_finite(self.max_cache_mb) and self.max_cache_mb > 0):
+            raise AmcError(f"--max-cache-mb must be a positive number, got {self.max_cache_mb}")
+        if self.budget not in RESOURCES:
+            raise AmcError(f"--budget must be {' or '.join(RESOURCES)}, got {self.budget!r}")
+        if not (_finite(self.target) and 0.0 < self.target <= 1.0):
+            raise AmcError(f"--target-flops must be in (0, 1], got {self.target}")
+        if not (_finite(self.lbound) and 0.0 < self.lbound <= 1.0):
+            raise AmcError(f"--lbound must be in (0, 1], got {self.lbound}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON values (the layout ``config.json`` has held since the first release)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "spec", writer: str = "amc search") -> "PruneSpec":
+        """The spec recorded in ``d`` by ``writer``, validated.
+
+        Every record holds the settings that decide the pruned model (:data:`RECORDED`), and
+        one that lacks any is refused: a default there would silently prune another model.
+        Settings added since (``fill_budget``, ``max_cache_mb``, ...) take their defaults when
+        an older record lacks them. ``d`` may hold other keys (a search's config holds the
+        agent's settings beside the spec); the caller decides about those. A value of the
+        wrong kind is refused, never half-read.
+        """
+        if not isinstance(d, dict):
+            raise AmcError(f"{source} lacks the pruning settings (a JSON object)")
+        missing = [k for k in RECORDED if k not in d]
+        if missing:
+            raise AmcError(f"{source} lacks {', '.join(missing)}; was it written by {writer}?")
+        mine = {f.name for f in dataclasses.fields(cls)}
+        try:
+            spec = cls(**{k: v for k, v in d.items() if k in mine})
+        except TypeError as e:
+            raise AmcError(f"{source}: {e}") from e
+        for f in dataclasses.fields(cls):
+            _check_kind(f, getattr(spec, f.name), source)
+        try:
+            return spec.validate()
+        except AmcError as e:
+            raise AmcError(f"{source}: {e}") from None
+
+    def replace(self, **changes: Any) -> "PruneSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ the one set-up path
+
+    def load_splits(self):
+        """The dataset's training part, reward set and test set (:class:`amc.data.DataSplits`)."""
+        from amc.data import load_splits
+
+        return load_splits(self.dataset, self.data_dir, self.split_seed, self.reward_set_size, self.mean,
+                           self.std, self.image_size)
+
+    def load_model(self, splits, require_weights: bool = True):
+        """The base model for ``splits``' data, its :class:`~amc.models.ModelSpec` and its weights file."""
+        from amc.loading import resolve_model
+
+        return resolve_model(self.model, self.weights, splits.info, self.width, require_weights)
+
+    def build(self, progress: bool = False, calibrate: bool | None = None):
+        """Load the data and the base model, and build the pruner with its calibration cache.
+
+        Args:
+            progress: show the calibration progress bar.
+            calibrate: draw calibration batches and cache the least-squares statistics
+                (default: when ``reconstruct`` is on).
+
+        Returns:
+            a :class:`amc.problem.Problem`.
+        """
+        from amc.problem import Problem
+        from amc.pruner import ChannelPruner
+
+        self.validate()
+        splits = self.load_splits()
+        model, model_spec, weights = self.load_model(splits)
+        model = model.cpu().eval()
+        calibrate = self.reconstruct if calibrate is None else calibrate
+        calibration = splits.calibration_batches(self.calib_batches, self.calib_batch_size, self.seed) \
+            if calibrate else None
+        limit = None if self.max_cache_mb is None else int(self.max_cache_mb * 2**20)
+        pruner = ChannelPruner(model, splits.train.shape, calibration, coupled=self.coupled,
+                               criterion=self.criterion, points_per_image=self.points_per_image, seed=self.seed,
+                               progress=progress, max_cache_bytes=limit)
+        return Problem(self, pruner, splits, model_spec, weights)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_kind(f: dataclasses.Field, v: Any, source: str) -> None:
+    """A recorded value must have its field's kind (an int where an int belongs, and so on)."""
+    text = str(f.type)
+    ok = (v is None and "None" in text) or (
+        isinstance(v, bool) if text == "bool" else
+        isinstance(v, str) if text.startswith("str") else
+        (isinstance(v, int) and not isinstance(v, bool)) if text.startswith("int") else
+        _finite(v) if text.startswith("float") else
+        isinstance(v, list) and all(_finite(x) for x in v) if text.startswith("list") else True)
+    if not ok:
+        raise AmcError(f"{source}: {f.name} has the wrong kind of value: {v!r}")
