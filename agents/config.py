@@ -22,6 +22,11 @@ ALGO_NAMES = ("ddpg", "td3", "sac", "random")
 SEARCH, AGENT = "search", "agent"
 
 
+def _decay(text: str) -> float | str:
+    """argparse type of --sigma-decay: a number, or ``auto``."""
+    return "auto" if text == "auto" else float(text)
+
+
 @dataclass
 class SearchConfig:
     """Everything that decides a search besides its spec (docs/method.md#ddpg-settings)."""
@@ -43,7 +48,24 @@ class SearchConfig:
     batch_size: int = option(64, "transitions per gradient step", group=AGENT)
     buffer_episodes: int = option(100, "replay capacity in episodes (times the number of layers)", group=AGENT)
     sigma: float = option(0.5, "initial exploration sigma, in preserve-ratio units", group=AGENT)
-    sigma_decay: float = option(0.95, "sigma's decay per episode after the warm-up", group=AGENT)
+    sigma_decay: float | str = option(0.95, "sigma's decay per episode after the warm-up, or auto: the decay that "
+                                            "reaches --sigma-final (else --sigma-min) at the last episode",
+                                      group=AGENT, type=_decay)
+    sigma_min: float = option(0.0, "floor of the exploration sigma, in preserve-ratio units (0: none, the paper)",
+                              group=AGENT)
+    sigma_final: float | None = option(None, "with --sigma-decay auto: sigma at the last episode (none: --sigma-min)",
+                                       group=AGENT)
+    action_map: str = option("linear", "action -> preserve ratio: linear onto [lbound, 1], or clip: the action is the "
+                                       "ratio, raised to lbound (the official code)", group=AGENT,
+                             choices=("linear", "clip"))
+    stored_action: str = option("applied", "action kept in the replay buffer: applied (after the wall and rounding) "
+                                           "or agent (the agent's own, the official code)", group=AGENT,
+                                choices=("applied", "agent"))
+    last_layer_init: str = option("default", "init of the actor's and critic's last layers: default (PyTorch's, as "
+                                             "the official code) or uniform (U(+-3e-3), the DDPG paper)",
+                                  group=AGENT, choices=("default", "uniform"))
+    warmup_convention: str = option("ours", "ours: --warmup random episodes; official: --warmup + 1, as the "
+                                            "official loop counts", group=SEARCH, choices=("ours", "official"))
     baseline_rate: float = 0.5
     """Step size of the moving reward baseline subtracted from each batch (0: off)."""
     device: str = "cpu"
@@ -69,15 +91,27 @@ class SearchConfig:
             raise AmcError(f"--episodes must be >= 1, got {self.episodes}")
         if self.warmup < 0:
             raise AmcError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.learns and self.episodes <= self.warmup:
-            raise AmcError(f"--episodes ({self.episodes}) must be greater than --warmup ({self.warmup}), "
+        random_episodes = self.warmup + (self.warmup_convention == "official")
+        if self.learns and self.episodes <= random_episodes:
+            raise AmcError(f"--episodes ({self.episodes}) must be greater than --warmup ({random_episodes}), "
                            "or the agent never learns")
-        for name in ("actor_lr", "critic_lr", "tau", "sigma", "sigma_decay", "baseline_rate", "gamma"):
+        for name in ("actor_lr", "critic_lr", "tau", "sigma", "sigma_min", "baseline_rate", "gamma"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise AmcError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
-        if not 0 < self.sigma_decay <= 1:
-            raise AmcError(f"--sigma-decay must be in (0, 1], got {self.sigma_decay}")
+        if self.sigma_decay == "auto":
+            final = self.sigma_min if self.sigma_final is None else self.sigma_final
+            if not (math.isfinite(final) and final > 0):
+                raise AmcError("--sigma-decay auto needs a final sigma > 0: --sigma-final or --sigma-min")
+        elif not (isinstance(self.sigma_decay, (int, float)) and 0 < self.sigma_decay <= 1):
+            raise AmcError(f"--sigma-decay must be in (0, 1] or auto, got {self.sigma_decay}")
+        elif self.sigma_final is not None:
+            raise AmcError("--sigma-final goes with --sigma-decay auto")
+        for name, allowed in (("action_map", ("linear", "clip")), ("stored_action", ("applied", "agent")),
+                              ("last_layer_init", ("default", "uniform")), ("warmup_convention", ("ours", "official"))):
+            if getattr(self, name) not in allowed:
+                raise AmcError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                               f"got {getattr(self, name)!r}")
         for name in ("batch_size", "buffer_episodes", "eval_batch_size", "threads", "save_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -28,9 +28,9 @@ from agents import run_folder
 from agents.buffers import EpisodeRewardBuffer
 from agents.callbacks import EpisodeLog, SearchCallback
 from agents.config import SearchConfig, config_dict, read_config
-from agents.ddpg import ALGOS
+from agents.ddpg import ALGOS, warmup_steps
 from agents.interrupt import SearchInterrupted, SignalHandler, Stop, installed
-from agents.noise import TruncatedNormalNoise
+from agents.noise import TruncatedNormalNoise, noise_scale
 from agents.resume import SearchState, load_state
 from amc.api import base_model_copy
 from amc.errors import AmcError
@@ -45,17 +45,21 @@ def make_agent(cfg: SearchConfig, env: ChannelPruningEnv, seed: int = 0) -> Any:
     layers = env.num_layers
     kwargs: dict[str, Any] = dict(
         policy="MlpPolicy", env=env, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
-        buffer_size=cfg.buffer_episodes * layers, learning_starts=cfg.warmup * layers,
+        buffer_size=cfg.buffer_episodes * layers, learning_starts=warmup_steps(cfg.warmup, layers, cfg.warmup_convention),
         batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
         # update after each episode, one gradient step per transition of that episode
-        train_freq=(1, "episode"), gradient_steps=-1,
-        replay_buffer_class=EpisodeRewardBuffer, replay_buffer_kwargs={"baseline_rate": cfg.baseline_rate},
-        policy_kwargs={"net_arch": list(cfg.hidden)}, seed=seed, device="cpu", verbose=0)
+        train_freq=(1, "episode"), gradient_steps=-1, replay_buffer_class=EpisodeRewardBuffer,
+        replay_buffer_kwargs={"baseline_rate": cfg.baseline_rate, "stored_action": cfg.stored_action},
+        last_layer_init=cfg.last_layer_init, policy_kwargs={"net_arch": list(cfg.hidden)}, seed=seed, device="cpu",
+        verbose=0)
     if cfg.algo in ("ddpg", "td3"):
-        # the env maps [0, 1] onto [lbound, 1]; SB3 samples on [-1, 1]: rescale sigma to match
-        scale = 2.0 / (1.0 - env.lbound) if env.lbound < 1.0 else 0.0
-        kwargs["action_noise"] = TruncatedNormalNoise(cfg.sigma * scale, cfg.sigma_decay, cfg.warmup,
-                                                      -1.0, 1.0, seed=seed)
+        # sigma is in preserve-ratio units; SB3 samples on [-1, 1]: rescale it to match
+        scale = noise_scale(env.lbound, env.action_map)
+        auto = cfg.sigma_decay == "auto" and scale > 0
+        kwargs["action_noise"] = TruncatedNormalNoise(
+            cfg.sigma * scale, cfg.sigma_decay if scale > 0 else 1.0, cfg.warmup, -1.0, 1.0, seed=seed,
+            sigma_min=cfg.sigma_min * scale, episodes=cfg.episodes,
+            sigma_final=cfg.sigma_final * scale if auto and cfg.sigma_final is not None else None)
     agent = ALGOS[cfg.algo](**kwargs)
     agent.set_logger(Logger(folder=None, output_formats=[]))  # our callback writes the curves
     return agent
@@ -151,7 +155,7 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             env = ChannelPruningEnv(problem=problem, reward=cfg.reward, target=spec.target, budget=spec.budget,
                                     lbound=spec.lbound, channel_round=spec.channel_round,
                                     fill_budget=spec.fill_budget, reconstruct=spec.reconstruct, device=device,
-                                    eval_batch_size=cfg.eval_batch_size)
+                                    eval_batch_size=cfg.eval_batch_size, action_map=cfg.action_map)
             if resumed:
                 base_top1 = config.get("base_reward_top1")
                 if config.get("num_layers") != pruner.num_layers:
@@ -178,7 +182,8 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             if agent is not None:
                 agent.learn(total_timesteps=cfg.episodes * pruner.num_layers - agent.num_timesteps,
                             callback=SearchCallback(log, keeper.boundary, resumed=resumed,
-                                                    should_stop=signals.stop_requested),
+                                                    should_stop=signals.stop_requested,
+                                                    sigma_scale=noise_scale(env.lbound, env.action_map)),
                             log_interval=1, reset_num_timesteps=not resumed)
             else:
                 run_random(env, log, cfg.episodes, spec.seed, keeper, resumed=resumed,

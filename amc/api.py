@@ -75,7 +75,7 @@ def prune(spec: PruneSpec, policy: Policy, *, device: str = "cpu", problem: Prob
     problem = problem or spec.build(progress=progress)
     pruner, splits = problem.pruner, problem.splits
     counts = policy_counts(problem, policy)
-    slim = pruner.prune(counts, reconstruct=spec.reconstruct)
+    slim = problem.prune(counts)
     desc = pruner.describe(counts)
     reward_top1 = evaluate(slim.to(dev), splits.reward, dev)
     test_top1 = evaluate(slim, splits.test, dev)
@@ -160,7 +160,7 @@ def compare(run: str | Path, policy: str | Path | None = None, data_dir: str | N
     rec = read_run(run, policy, data_dir)
     if problem is None or problem.spec != rec.spec:
         problem = rec.spec.build(progress=progress)
-    pruner, splits, reconstruct = problem.pruner, problem.splits, rec.spec.reconstruct
+    pruner, splits = problem.pruner, problem.splits
     rows = []
 
     def row(name: str, net: nn.Module, counts: list[int] | None = None) -> None:
@@ -178,11 +178,11 @@ def compare(run: str | Path, policy: str | Path | None = None, data_dir: str | N
     # next prune cannot slice it
     row("base", copy.deepcopy(problem.model))
     uniform = pruner.uniform_counts(rec.target, rec.spec.channel_round)
-    row(f"uniform@{rec.target:g}", pruner.prune(uniform, reconstruct), uniform)
+    row(f"uniform@{rec.target:g}", problem.prune(uniform), uniform)
     amc_counts = policy_counts(problem, str(rec.policy))
-    row("AMC", pruner.prune(amc_counts, reconstruct), amc_counts)
+    row("AMC", problem.prune(amc_counts), amc_counts)
     return {"run": str(run), "model": problem.model_spec.name, "dataset": rec.spec.dataset,
-            "layers": pruner.num_layers, "reconstruct": reconstruct, "target": rec.target, "rows": rows,
+            "layers": pruner.num_layers, "reconstruct": rec.spec.reconstruct, "target": rec.target, "rows": rows,
             "spec": rec.spec.to_dict(), **rec.source}
 
 

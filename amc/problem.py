@@ -6,9 +6,10 @@ The layer graph, the channel scores and the cached least-squares statistics live
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from amc.data import DataSplits, ImageSet
@@ -29,6 +30,8 @@ class Problem:
     model_spec: ModelSpec
     weights: str | None
     """The weights file the base model was loaded from (None: random initialisation)."""
+    bn_batches: list[torch.Tensor] = field(default_factory=list)
+    """Calibration images for adaptive BN (``spec.bn_recal`` batches; empty: off)."""
 
     @property
     def model(self) -> nn.Module:
@@ -38,3 +41,12 @@ class Problem:
     @property
     def reward_set(self) -> ImageSet:
         return self.splits.reward
+
+    def prune(self, counts: list[int]) -> nn.Module:
+        """The slim model for ``counts``, reconstructed and BN-recalibrated as the spec says."""
+        from amc.bn_recal import recalibrate_bn
+
+        slim = self.pruner.prune(counts, reconstruct=self.spec.reconstruct)
+        if self.bn_batches:
+            recalibrate_bn(slim, self.bn_batches)
+        return slim

@@ -65,6 +65,8 @@ class PruneSpec:
     max_cache_mb: float | None = option(2048, "refuse to start when the least-squares cache (8*d*(d+n) bytes per "
                                               "layer, d inputs and n outputs) would exceed this many MiB",
                                         group=PRUNER, metavar="MIB")
+    bn_recal: int = option(0, "re-estimate the BatchNorm statistics of each pruned model on N calibration batches "
+                              "before scoring it (adaptive BN, EagleEye); 0: off", group=PRUNER, metavar="N")
     seed: int = option(0, "seed of the calibration sampling (a search seeds everything else with it too)",
                        group=PRUNER, type=seed_int)
     # --- the budget
@@ -89,6 +91,8 @@ class PruneSpec:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if isinstance(self.bn_recal, bool) or not isinstance(self.bn_recal, int) or self.bn_recal < 0:
+            raise AmcError(f"--bn-recal must be >= 0, got {self.bn_recal}")
         if self.coupled not in ("skip", "shared"):
             raise AmcError(f"coupled must be 'skip' or 'shared', got {self.coupled!r}")
         if self.max_cache_mb is not None and not (_finite(self.max_cache_mb) and self.max_cache_mb > 0):
@@ -176,7 +180,9 @@ class PruneSpec:
         pruner = ChannelPruner(model, splits.train.shape, calibration, coupled=self.coupled,
                                criterion=self.criterion, points_per_image=self.points_per_image, seed=self.seed,
                                progress=progress, max_cache_bytes=limit)
-        return Problem(self, pruner, splits, model_spec, weights)
+        # adaptive BN: its own draw of calibration images, made once (docs/method.md#channel-selection-and-reconstruction)
+        bn = splits.bn_batches(self.bn_recal, self.calib_batch_size, self.seed) if self.bn_recal else []
+        return Problem(self, pruner, splits, model_spec, weights, bn)
 
 
 def _finite(v: Any) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from amc.bn_recal import recalibrate_bn
 from amc.data import ImageSet
 from amc.errors import AmcError
 from amc.problem import Problem
@@ -62,6 +63,10 @@ class ChannelPruningEnv(gym.Env):
         eval_batch_size: images per forward pass on the reward set (None: 256 on CPU, where
             small batches stay in cache and ran 2.5x faster than 1000 on plain20; 1024 on GPU).
         problem: a built :class:`~amc.problem.Problem` (takes precedence).
+        action_map: ``linear`` maps the action in [0, 1] onto [lbound, 1]; ``clip`` takes it as
+            the preserve ratio, raised to lbound (the official code; see :meth:`preserve_ratio`).
+        bn_batches: calibration images to re-estimate each pruned model's BatchNorm statistics
+            on before scoring it (adaptive BN; None: the problem's, else off).
         **spec_fields: ``model``, ``weights``, ``dataset``, ``data_dir``, ... of a
             :class:`~amc.spec.PruneSpec`, when no pruner is given.
     """
@@ -73,7 +78,8 @@ class ChannelPruningEnv(gym.Env):
                  reward: str = "acc", target: float | None = 0.5, budget: str = "flops", lbound: float = 0.2,
                  channel_round: int = 1, fill_budget: bool = False, reconstruct: bool = True, device: str | torch.device = "cpu",
                  eval_batch_size: int | None = None, problem: Problem | None = None,
-                 action_map: str = "linear", **spec_fields: Any) -> None:
+                 action_map: str = "linear", bn_batches: list[torch.Tensor] | None = None,
+                 **spec_fields: Any) -> None:
         super().__init__()
         if action_map not in ("linear", "clip"):  # see preserve_ratio
             raise AmcError(f"action_map must be linear or clip, got {action_map!r}")
@@ -84,6 +90,7 @@ class ChannelPruningEnv(gym.Env):
             raise TypeError(f"pass either a pruner or model arguments, not both: {sorted(spec_fields)}")
         if problem is not None:
             pruner, reward_set = problem.pruner, problem.reward_set if reward_set is None else reward_set
+            bn_batches = problem.bn_batches if bn_batches is None else bn_batches
         if reward_set is None:
             raise AmcError("the environment needs a reward set")
         if budget not in ("flops", "params"):
@@ -101,6 +108,7 @@ class ChannelPruningEnv(gym.Env):
         self.state = pruner.state(self.target, lbound, channel_round, budget, fill=fill_budget)
         x, y = _reward_tensors(reward_set)
         self.reward_x, self.reward_y = x.to(self.device), y.to(self.device)
+        self.bn_batches = [b.to(self.device) for b in bn_batches or []]
 
         self.observation_space = spaces.Box(0.0, 1.0, (11,), np.float32)
         self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
@@ -163,6 +171,8 @@ class ChannelPruningEnv(gym.Env):
     def evaluate_policy(self, counts: list[int]) -> dict[str, Any]:
         """Prune to ``counts``, evaluate once on the reward set, and score the episode."""
         slim = self.pruner.prune(counts, reconstruct=self.reconstruct).to(self.device)
+        if self.bn_batches:
+            recalibrate_bn(slim, self.bn_batches, self.device)
         top1 = self.reward_top1(slim)
         flops, params = self.pruner.flops(counts), self.pruner.params(counts)
         error = 1.0 - top1 / 100.0

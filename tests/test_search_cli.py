@@ -317,3 +317,55 @@ def test_python_api_search_then_compare_and_prune(setup, tmp_path):
     assert meta["flops_ratio"] == best["best_flops_ratio"] <= 0.5
     assert PruneSpec.from_dict(meta["spec"]) == spec
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in spec.build().model.parameters())
+
+
+def test_departure_options_and_sigma_schedule_reach_the_search(setup, tmp_path, capsys):
+    """Every option for the official code's choices runs end to end and is recorded."""
+    run = tmp_path / "run"
+    extra = ["--action-map", "clip", "--stored-action", "agent", "--last-layer-init", "uniform",
+             "--warmup-convention", "official", "--sigma-decay", "auto", "--sigma-min", "0.05", "--bn-recal", "2"]
+    assert main(search_args(setup, run, "--episodes", "5", "--warmup", "2", "--quiet", "--json", *extra)) == 0
+    capsys.readouterr()
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    assert (cfg["action_map"], cfg["stored_action"], cfg["last_layer_init"], cfg["warmup_convention"]) == \
+        ("clip", "agent", "uniform", "official")
+    assert (cfg["sigma_decay"], cfg["sigma_min"], cfg["bn_recal"]) == ("auto", 0.05, 2)
+    episodes = read_episodes(run)
+    assert len(episodes) == 5 and all(e["flops_ratio"] <= 0.5 for e in episodes)
+    # official warm-up: warmup + 1 random episodes, so the actor plays the last two only
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0}).Reload()
+    assert [s.step for s in acc.Scalars("train/critic_loss")] == [3, 4]
+    sigmas = [s.value for s in acc.Scalars("explore/sigma")]
+    assert sigmas[-1] == pytest.approx(0.05)  # auto decay lands on the floor at the last episode
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--sigma-decay", "auto"], "--sigma-decay auto needs a final sigma > 0: --sigma-final or --sigma-min"),
+    (["--sigma-final", "0.1"], "--sigma-final goes with --sigma-decay auto"),
+    (["--bn-recal", "-1"], "--bn-recal must be >= 0, got -1"),
+    (["--episodes", "3", "--warmup", "2", "--warmup-convention", "official"],
+     "--episodes (3) must be greater than --warmup (3), or the agent never learns"),
+])
+def test_bad_departure_options(setup, tmp_path, capsys, extra, message):
+    in_process_error(capsys, message, *search_args(setup, tmp_path / "run", "--quiet", *extra))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_prune_with_bn_recal_carries_the_recalibrated_statistics(setup, tmp_path, capsys):
+    """--bn-recal changes the pruned model's BN statistics only; the weights are the same."""
+    from amc.pruned import load_pruned
+
+    common = ["prune", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]), "--data-dir",
+              str(setup["data"]), "--reward-set-size", "200", "--calib-batches", "2", "--calib-batch-size", "20",
+              "--policy", "uniform:0.5", "--json"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--bn-recal", "3", "--out", str(tmp_path / "recal")]) == 0
+    capsys.readouterr()
+    plain, recal = load_pruned(tmp_path / "plain").state_dict(), load_pruned(tmp_path / "recal").state_dict()
+    assert plain.keys() == recal.keys()
+    for k in plain:
+        same = torch.equal(plain[k], recal[k])
+        assert same == (not k.endswith(("running_mean", "running_var", "num_batches_tracked"))), k
+    assert json.loads((tmp_path / "recal" / "model.json").read_text())["spec"]["bn_recal"] == 3
