@@ -78,8 +78,12 @@ class EpisodeLog:
         best policy in ``best_policy.json`` (an episode may have been logged after it was saved)."""
         n = int(state["episodes"])
         path = self.run_dir / "episodes.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True) if path.exists() else []
         complete = [line for line in lines if line.endswith("\n")]
+        if len(complete) < len(lines):
+            # a process killed in the middle of appending a line: that episode was never saved
+            sys.stderr.write(f"warning: {path} ends in a torn line ({len(lines[-1])} characters, no newline); "
+                             "ignored\n")
         if len(complete) < n:
             raise AmcError(f"{path} holds {len(complete)} episodes but the saved search state covers {n}")
         if len(lines) != n:
@@ -111,15 +115,18 @@ class EpisodeLog:
                "flops_ratio": float(info["flops_ratio"]), "params_ratio": float(info["params_ratio"]),
                "ratios": [round(float(r), 6) for r in info["ratios"]], "kept": [int(c) for c in info["counts"]],
                "seconds": round(time.perf_counter() - self.t0, 3)}
+        if "latency_ratio" in info:  # a latency table's prediction
+            row["latency_ratio"] = float(info["latency_ratio"])
         if info.get("nonfinite"):
             # what the evaluation gave, as text: JSON has no NaN or inf
             row["nonfinite"] = {k: str(v) for k, v in info["nonfinite"].items()}
             tqdm.write(f"warning: episode {e}: the reward-set evaluation gave reward {row['nonfinite']['reward']}, "
                        f"top-1 {row['nonfinite']['reward_top1']}; scored as the worst reward {row['reward']:.4f}",
                        file=sys.stderr)
-        try:
+        try:  # one line per episode, on disk before the next begins: a kill tears at most the last line
             self.jsonl.write(json.dumps(row) + "\n")
             self.jsonl.flush()
+            os.fsync(self.jsonl.fileno())
         except OSError as err:
             raise AmcError(f"cannot write {self.jsonl.name}: {err.strerror or err}") from err
         w = self.writer

@@ -15,7 +15,7 @@ from amc.errors import AmcError
 from amc.options import option
 from amc.spec import PruneSpec
 
-REWARD_NAMES = ("acc", "flops", "params")
+REWARD_NAMES = ("acc", "flops", "params", "latency")
 """The reward modes of :mod:`envs.rewards` (a test keeps the two equal)."""
 ALGO_NAMES = ("ddpg", "td3", "sac", "random")
 """The learners of :mod:`agents.ddpg`, and ``random``, the baseline (a test keeps them equal)."""
@@ -31,8 +31,8 @@ def _decay(text: str) -> float | str:
 class SearchConfig:
     """Everything that decides a search besides its spec (docs/method.md#ddpg-settings)."""
 
-    reward: str = option("acc", "acc: -Error under the budget wall; flops / params: -Error*log(FLOPs or params), "
-                                "no wall", group=SEARCH, choices=REWARD_NAMES)
+    reward: str = option("acc", "acc: -Error under the budget wall; flops / params / latency: -Error*log(FLOPs, "
+                                "params or predicted latency in us), no wall", group=SEARCH, choices=REWARD_NAMES)
     algo: str = option("ddpg", "ddpg (AMC), td3, sac, or random: uniform random policies, the baseline",
                        group=SEARCH, choices=ALGO_NAMES)
     episodes: int = option(400, "episodes in all, warm-up included (paper: 400)", group=SEARCH)

@@ -17,24 +17,33 @@ from typing import Any
 class SearchInterrupted(KeyboardInterrupt):
     """A search stopped by SIGINT or SIGTERM after saving its state.
 
-    A KeyboardInterrupt, so a caller that does not catch it stops as on Ctrl-C.
+    A KeyboardInterrupt, so a caller that does not catch it stops as on Ctrl-C. Its message
+    is one line: what stopped, and how to go on.
 
     Attributes:
         run: the run folder.
         episodes: episodes the saved state covers (None: stopped before the first one, nothing saved).
         total: planned episodes.
         signum: the signal.
+        resumable: ``amc search --resume RUN`` continues it (default: when a state is saved).
     """
 
-    def __init__(self, run: Path, episodes: int | None, total: int, signum: int) -> None:
+    def __init__(self, run: Path, episodes: int | None, total: int, signum: int,
+                 resumable: bool | None = None) -> None:
         self.run, self.episodes, self.total, self.signum = run, episodes, total, signum
+        self.resumable = episodes is not None if resumable is None else resumable
         name = signal.Signals(signum).name
-        if episodes is None:
+        if episodes is None and not self.resumable:
             what = f"stopped by {name} before the first episode; nothing to resume, start it again"
+        elif episodes is None:
+            what = f"stopped by {name} before the first episode; resume with: amc search --resume {run}"
         else:
-            what = (f"stopped by {name} after {episodes} of {total} episodes; the search state is saved in {run}\n"
-                    f"resume with: amc search --resume {run}")
+            what = (f"stopped by {name} after {episodes} of {total} episodes (the search state is saved in "
+                    f"{run}); resume with: amc search --resume {run}")
         super().__init__(what)
+
+    def __reduce__(self):  # a worker process of amc bench quality sends it back to its parent
+        return type(self), (self.run, self.episodes, self.total, self.signum, self.resumable)
 
     @property
     def exit_code(self) -> int:

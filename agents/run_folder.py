@@ -18,7 +18,8 @@ import torch
 
 from agents.config import SearchConfig, config_dict, read_config
 from agents.resume import STATE_FILE
-from amc.checkpoint import atomic_write_json, fresh_dir, read_json
+from amc.api import latency_record
+from amc.checkpoint import atomic_write_json, fresh_dir, holds_files, read_json
 from amc.errors import AmcError
 from amc.problem import Problem
 from amc.spec import PruneSpec
@@ -34,9 +35,17 @@ def prepare_run_dir(path: str | Path) -> Path:
     if (run / STATE_FILE).is_file():
         hint = f"run folder {run} holds a search already; continue it with: amc search --resume {run} " \
                "(or choose another --run)"
-    elif run.is_dir() and any(run.iterdir()):
+    elif run.is_dir() and holds_files(run):
         hint = f"run folder {run} already exists and is not empty; choose another --run or delete it"
     return fresh_dir(run, "--run", hint)
+
+
+def stopped_in_setup(run: Path) -> bool:
+    """Whether ``run`` holds a ``config.json`` but no search state and no logged episode: a
+    search killed during its set-up (the state is first saved before the first episode)."""
+    jsonl = run / "episodes.jsonl"
+    logged = jsonl.is_file() and b"\n" in jsonl.read_bytes()
+    return (run / "config.json").is_file() and not (run / STATE_FILE).exists() and not logged
 
 
 def read_run_config(run: Path) -> tuple[PruneSpec, SearchConfig, dict[str, Any]]:
@@ -65,6 +74,7 @@ def write_config(run: Path, spec: PruneSpec, cfg: SearchConfig, problem: Problem
         "skipped": [{"layers": n, "reason": r} for n, r in pruner.graph.skipped],
         "flops": pruner.flops.full, "params": pruner.params.full, "base_reward_top1": base_top1,
         "feature_cache_bytes": pruner.cache.nbytes if pruner.cache is not None else 0,
+        "latency": latency_record(pruner.latency) if pruner.latency is not None else None,
         "versions": package_versions(), "command": command or sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
 

@@ -32,8 +32,9 @@ from agents.ddpg import ALGOS, warmup_steps
 from agents.interrupt import SearchInterrupted, SignalHandler, Stop, installed
 from agents.noise import TruncatedNormalNoise, noise_scale
 from agents.resume import SearchState, load_state
-from amc.api import base_model_copy
+from amc.api import base_model_copy, latency_record
 from amc.errors import AmcError
+from amc.runlock import FolderLock
 from amc.spec import PruneSpec
 from envs.channel_pruning import ChannelPruningEnv
 
@@ -101,20 +102,40 @@ def search(spec: PruneSpec, cfg: SearchConfig, run: str | Path, progress: bool =
 
     Raises:
         SearchInterrupted: on SIGINT or SIGTERM, once the state is saved.
+        AmcError: bad settings, or ``run`` is not empty or in use by another process
+            (:class:`amc.runlock.FolderLock` is held for the search's whole life).
     """
     spec.validate()
     cfg.validate()
     folder = run_folder.prepare_run_dir(run)
-    return _search(spec, cfg, folder, progress, command, None, None)
+    with FolderLock(folder):  # one writer per run folder, for the search's whole life
+        run_folder.prepare_run_dir(folder)  # again, locked: no other search began here meanwhile
+        return _search(spec, cfg, folder, progress, command, None, None)
 
 
 def resume_search(run: str | Path, progress: bool = True) -> dict[str, Any]:
     """Continue the search saved in ``run`` with the settings of its ``config.json``.
 
-    A finished search is only reported. Raises AmcError when there is nothing to resume.
+    A finished search is only reported. A search killed during its set-up, after writing
+    ``config.json`` but before its first episode, starts again from that ``config.json``
+    (everything is seeded, so it is the same search). Raises AmcError when there is nothing
+    to resume, and when another process writes to ``run``.
     """
     folder = Path(run)
+    if not folder.is_dir():
+        raise AmcError(f"run folder not found: {folder}")
+    with FolderLock(folder):
+        return _resume_locked(folder, progress)
+
+
+def _resume_locked(folder: Path, progress: bool) -> dict[str, Any]:
     spec, cfg, config = run_folder.read_run_config(folder)
+    if run_folder.stopped_in_setup(folder):
+        sys.stderr.write(f"note: the search in {folder} was stopped during its set-up, before its first "
+                         "episode; starting it again with the settings of its config.json\n")
+        run_folder.remove(folder, tuple(n for n in run_folder.FILES if n != "config.json"))
+        command = config.get("command") if isinstance(config.get("command"), list) else None
+        return _search(spec, cfg, folder, progress, command, None, None, restart=True)
     state = load_state(folder)
     try:
         saved = config_dict(*read_config(state.get("config"), "the search state"))
@@ -134,7 +155,10 @@ def resume_search(run: str | Path, progress: bool = True) -> dict[str, Any]:
 
 
 def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, command: list[str] | None,
-            state: dict[str, Any] | None, config: dict[str, Any] | None) -> dict[str, Any]:
+            state: dict[str, Any] | None, config: dict[str, Any] | None, restart: bool = False) -> dict[str, Any]:
+    """The search loop; ``restart``: a search started again by ``--resume`` after it was killed
+    during its set-up (a stop before its first episode then keeps ``config.json``, so
+    ``--resume`` still starts it)."""
     from amc.train import resolve_device
 
     resumed = state is not None
@@ -150,7 +174,7 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
     signals = SignalHandler()
     with installed(signals):
         try:
-            problem = spec.build(progress=progress)
+            problem = spec.build(progress=progress, latency=spec.budget == "latency" or cfg.reward == "latency")
             pruner = problem.pruner
             env = ChannelPruningEnv(problem=problem, reward=cfg.reward, target=spec.target, budget=spec.budget,
                                     lbound=spec.lbound, channel_round=spec.channel_round,
@@ -168,6 +192,8 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
 
             best_extra = {"reward_mode": cfg.reward, "target": env.target, "budget": spec.budget, "algo": cfg.algo,
                           "seed": spec.seed, "base_reward_top1": base_top1}
+            if pruner.latency is not None:
+                best_extra["latency_target"] = latency_record(pruner.latency)
             agent = make_agent(cfg, env, spec.seed) if cfg.learns else None
             if agent is not None and resumed:
                 agent.env.reset()  # SB3's Monitor wants a reset before the first step; the state overrides it
@@ -202,8 +228,9 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
                     log.rollback(keeper.latest["log"])
                 log.close(final=False)
             if saved is None and not resumed and wrote:
-                run_folder.remove(run)
-            raise SearchInterrupted(run, saved, cfg.episodes, stop.signum) from None
+                run_folder.remove(run, tuple(n for n in run_folder.FILES if not (restart and n == "config.json")))
+            raise SearchInterrupted(run, saved, cfg.episodes, stop.signum,
+                                    resumable=saved is not None or resumed or restart) from None
         except BaseException:
             if log is not None:
                 log.close(final=False)

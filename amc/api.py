@@ -186,6 +186,14 @@ def compare(run: str | Path, policy: str | Path | None = None, data_dir: str | N
             "spec": rec.spec.to_dict(), **rec.source}
 
 
+def latency_record(latency) -> dict[str, Any]:
+    """What a run records of its latency target: runtime, batch, threads, the table's fingerprint."""
+    meta = latency.meta
+    keep = ("runtime", "batch", "threads", "channel_round", "fingerprint_id", "fingerprint", "measured_full_ms")
+    return {**{k: meta.get(k) for k in keep}, "predicted_full_ms": latency.full,
+            "cache_file": str(latency.cache_file) if latency.cache_file else None}
+
+
 def base_model_copy(problem: Problem, device: torch.device) -> nn.Module:
     """The base model where it can be evaluated, without moving the pruner's own copy off the CPU."""
     return copy.deepcopy(problem.model).to(device) if device.type != "cpu" else problem.model

@@ -193,17 +193,28 @@ def finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+_PROBE = ".amc_write_test"
+
+
+def holds_files(folder: str | Path) -> bool:
+    """Whether ``folder`` holds anything besides a lock file (:mod:`amc.runlock`) and the
+    write probe of :func:`fresh_dir`, which a killed process may leave behind."""
+    from amc.runlock import LOCK_FILE
+
+    return any(p.name not in (LOCK_FILE, _PROBE) for p in Path(folder).iterdir())
+
+
 def fresh_dir(path: str | Path, option: str = "--out", hint: str | None = None) -> Path:
     """An empty, writable output folder; an existing non-empty one is refused, so finished
     work is never overwritten. ``hint`` replaces the default advice in the refusal."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise AmcError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and holds_files(out):
         raise AmcError(hint or f"{out} already exists and is not empty; choose another {option} or delete it")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".amc_write_test"
+        probe = out / _PROBE
         probe.write_text("")
         probe.unlink()
     except OSError as e:

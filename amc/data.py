@@ -50,7 +50,7 @@ class ImageSet:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
                  std: Sequence[float], crop_padding: int = 0) -> None:
-        # uint8 N x C x H x W keeps 60k Fashion-MNIST images in 47 MB
+        # uint8 N x C x H x W keeps 60k Fashion-MNIST images in 45 MiB
         self.images, self.labels = images, labels
         c = images.shape[1]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
@@ -121,6 +121,8 @@ class DataSplits:
     reward: ImageSet
     test: ImageSet
     record: dict = field(default_factory=dict)
+    reward_index: np.ndarray | None = None
+    """Which images of the dataset's training split form the reward set (sorted positions)."""
 
     def calibration_batches(self, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
         """Batches of training images (never reward or test images) for reconstruction."""
@@ -308,14 +310,26 @@ def load_splits(dataset: str = "fashion-mnist", data_dir: str | None = None, see
     n = len(ytr)
     if not (0 < reward_set_size < n):
         raise AmcError(f"--reward-set-size must be in [1, {n - 1}], got {reward_set_size}")
-    perm = np.random.default_rng(seed).permutation(n)
-    reward_idx, train_idx = np.sort(perm[:reward_set_size]), np.sort(perm[reward_set_size:])
+    reward_idx = reward_indices(n, seed, reward_set_size)
+    train_idx = np.setdiff1d(np.arange(n), reward_idx, assume_unique=True)
     full = ImageSet(xtr, ytr, info.mean, info.std, info.crop_padding)
     record = {
         "dataset": dataset, "split_seed": seed, "reward_set_size": int(reward_set_size),
         "train_size": int(len(train_idx)), "test_size": int(len(yte)),
-        "reward_indices_sha256": hashlib.sha256(reward_idx.astype(np.int64).tobytes()).hexdigest(),
+        "reward_indices_sha256": indices_sha256(reward_idx),
         "mean": list(info.mean), "std": list(info.std),
     }
     return DataSplits(info, full.subset(train_idx), full.subset(reward_idx),
-                      ImageSet(xte, yte, info.mean, info.std, 0), record)
+                      ImageSet(xte, yte, info.mean, info.std, 0), record, reward_idx)
+
+
+def reward_indices(n: int, seed: int, reward_set_size: int) -> np.ndarray:
+    """The reward set's positions in a training split of ``n`` images (sorted): the first
+    ``reward_set_size`` of a permutation seeded by ``seed``. The same seed and a smaller size
+    give a subset; another seed gives another set."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:reward_set_size])
+
+
+def indices_sha256(idx: np.ndarray) -> str:
+    """The hash a split record keeps of its reward indices (``reward_indices_sha256``)."""
+    return hashlib.sha256(np.asarray(idx).astype(np.int64).tobytes()).hexdigest()

@@ -30,12 +30,15 @@ def min_max(col: np.ndarray) -> np.ndarray:
 class LayerEmbedding:
     """Builds the observation for each step of an episode."""
 
-    def __init__(self, graph: LayerGraph, flops: ResourceModel) -> None:
+    def __init__(self, graph: LayerGraph, flops: ResourceModel, layer_costs: Sequence[float] | None = None) -> None:
+        """``flops`` is the resource of ``reduced``; ``layer_costs`` replace the consumers' MACs
+        in ``FLOPs[t]`` and ``rest`` (a latency budget gives each group's predicted latency)."""
         self.flops = flops
         rows = []
         for g in graph.groups:
             li = graph.layers[g.layer]
-            layer_flops = sum(graph.layers[n].macs() for n in g.consumers)
+            layer_flops = sum(graph.layers[n].macs() for n in g.consumers) if layer_costs is None \
+                else layer_costs[g.index]
             rows.append([g.index, li.cout, li.cin, li.in_hw[0], li.in_hw[1], li.stride, li.k[0], layer_flops])
         self.raw = np.asarray(rows, dtype=np.float64)
         self.static = np.stack([min_max(c) for c in self.raw.T], axis=1)

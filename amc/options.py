@@ -9,12 +9,24 @@ end as one ``error:`` line with exit code 2.
 Options are added with ``argparse.SUPPRESS`` as their default: an option the user did not
 give is absent from the namespace, so the dataclass default applies, and a command can tell
 what was given (``amc search --resume`` refuses any setting that would silently not apply).
+
+Every number is range-checked while the command line is parsed, before anything is loaded
+or written: a field's value goes through its dataclass's own ``validate()`` (so the message
+is the one a script calling the dataclass gets, e.g. ``--batch-size must be >= 1, got 0``),
+and through ``lo``/``hi`` bounds given to :func:`option` for what ``validate()`` leaves to
+later stages; a float that neither refuses is still refused when NaN or infinite. Hand-written
+options take :func:`bounded` as their type. A value out of range raises :class:`OptionError`,
+which the command line prints as one ``error:`` line.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 from typing import Any, Callable, Iterable
+
+from amc.errors import AmcError
 
 MAX_SEED = 2**32 - 1
 """Seeds are unsigned 32-bit integers, as numpy's seeding takes them."""
@@ -31,9 +43,75 @@ def seed_int(text: str) -> int:
     return value
 
 
+class OptionError(AmcError):
+    """A number out of range on the command line (raised while parsing; one ``error:`` line)."""
+
+
+class Bounds:
+    """A closed or open range of numbers, and the sentence that names it (``>= 1``, ``in (0, 1]``).
+
+    Non-finite floats are always out of range. ``what`` replaces the generated sentence.
+    """
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+                 hi_open: bool = False, what: str | None = None) -> None:
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        if what is None:
+            if lo is not None and hi is not None:
+                what = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            elif lo is not None:
+                what = f"{'>' if lo_open else '>='} {lo}"
+            elif hi is not None:
+                what = f"{'<' if hi_open else '<='} {hi}"
+            else:
+                what = "a finite number"
+        self.what = what
+
+    def problem(self, value: float) -> str | None:
+        """None when ``value`` is in range, else ``must be <what>, got <value>``."""
+        ok = math.isfinite(value)
+        if ok and self.lo is not None:
+            ok = value > self.lo if self.lo_open else value >= self.lo
+        if ok and self.hi is not None:
+            ok = value < self.hi if self.hi_open else value <= self.hi
+        return None if ok else f"must be {self.what}, got {value}"
+
+
+def bounded(kind: Callable[[str], Any], flag: str, lo: float | None = None, hi: float | None = None, *,
+            lo_open: bool = False, hi_open: bool = False, what: str | None = None) -> Callable[[str], Any]:
+    """argparse ``type`` of a hand-written number option: ``kind`` (int or float), range-checked.
+
+    ``bounded(int, "--trials", 1)`` refuses ``--trials 0`` with ``--trials must be >= 1, got 0``.
+    """
+    return _checked(kind, flag, [Bounds(lo, hi, lo_open, hi_open, what)], None)
+
+
+def _checked(kind: Callable[[str], Any], flag: str, bounds: list[Bounds],
+             probe: Callable[[Any], str | None] | None) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        value = kind(text)  # a ValueError here is argparse's "invalid int value: 'x'"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            for b in bounds:
+                problem = b.problem(value)
+                if problem:
+                    raise OptionError(f"{flag} {problem}")
+        message = probe(value) if probe is not None else None
+        if message:
+            raise OptionError(message)
+        if isinstance(value, float) and not math.isfinite(value):  # what no check above names: no float is NaN
+            raise OptionError(f"{flag} must be a finite number, got {value}")
+        return value
+
+    convert.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its own errors
+    convert.amc_range_checked = True  # type: ignore[attr-defined]  (tests/test_options.py looks for it)
+    return convert
+
+
 def option(default: Any = None, help: str = "", *, group: str = "", flags: tuple[str, ...] = (),
            type: Callable[[str], Any] | None = None, choices: Iterable[str] | None = None,
-           nargs: str | None = None, metavar: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+           nargs: str | None = None, metavar: str | None = None, factory: Callable[[], Any] | None = None,
+           lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+           what: str | None = None) -> Any:
     """A dataclass field that is also a command-line option.
 
     Args:
@@ -42,9 +120,14 @@ def option(default: Any = None, help: str = "", *, group: str = "", flags: tuple
         group: which commands show it (see :func:`add_options`).
         flags: the option strings (default: ``--field-name``; a bool that defaults to True
             gets ``--no-field-name``).
+        lo, hi, lo_open, hi_open, what: bounds checked at parse time (see :class:`Bounds`),
+            for a number the dataclass's ``validate()`` does not check itself (each value of a
+            list option is checked).
     """
+    bounds = Bounds(lo, hi, lo_open, hi_open, what) if (lo is not None or hi is not None or what) else None
     meta = {"help": help, "group": group, "flags": flags, "type": type,
-            "choices": tuple(choices) if choices is not None else None, "nargs": nargs, "metavar": metavar}
+            "choices": tuple(choices) if choices is not None else None, "nargs": nargs, "metavar": metavar,
+            "bounds": bounds}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -56,16 +139,18 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type,
                 groups: Iterable[str] | None = None, skip: Iterable[str] = (),
-                defaults: dict[str, Any] | None = None) -> None:
+                defaults: dict[str, Any] | None = None, only: Iterable[str] | None = None) -> None:
     """Add an option for each field of dataclass ``cls`` in ``groups`` (None: all), but ``skip``.
 
     ``defaults`` are the command's own defaults where they differ from the fields' (pass
-    them to the dataclass too, e.g. ``cls(**{**defaults, **values_given(args, cls)})``).
+    them to the dataclass too, e.g. ``cls(**{**defaults, **values_given(args, cls)})``);
+    ``only`` keeps just these fields of the groups.
     """
     wanted = None if groups is None else set(groups)
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if "help" not in meta or f.name in skip or (wanted is not None and meta["group"] not in wanted):
+        if "help" not in meta or f.name in skip or (wanted is not None and meta["group"] not in wanted) \
+                or (only is not None and f.name not in only):
             continue
         default = (defaults or {}).get(f.name, _default_of(f))
         flag = "--" + f.name.replace("_", "-")
@@ -81,7 +166,47 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
                     kwargs[key] = meta[key]
             if "type" not in kwargs and "choices" not in kwargs:
                 kwargs["type"] = _scalar_type(f, default)
+            if kwargs.get("type") is not None and "choices" not in kwargs and _numeric(f):
+                bounds = [meta["bounds"]] if meta.get("bounds") else []
+                kwargs["type"] = _checked(kwargs["type"], flags[0], bounds,
+                                          _validate_probe(cls, f, flags, defaults or {}))
         parser.add_argument(*flags, **kwargs)
+
+
+def _numeric(f: dataclasses.Field) -> bool:
+    text = str(f.type)
+    return "int" in text or "float" in text
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _validate_probe(cls: type, f: dataclasses.Field, flags: tuple[str, ...],
+                    defaults: dict[str, Any]) -> Callable[[Any], str | None] | None:
+    """Check one parsed value with the dataclass's own ``validate()``, the other fields at their
+    defaults; returns its message when the message is about this option alone.
+
+    A message that names another option too (``--episodes (10) must be greater than --warmup
+    (10)``) depends on values not parsed yet, and is left to the full ``validate()`` after parsing.
+    """
+    if not callable(getattr(cls, "validate", None)):
+        return None
+    names = {fl for fl in flags if fl.startswith("--")}
+
+    def probe(value: Any) -> str | None:
+        value = [value] if f.metadata.get("nargs") else value
+        try:
+            cls(**{**defaults, f.name: value}).validate()
+        except AmcError as e:
+            message = str(e)
+            named = set(_FLAG.findall(message))
+            if named and named <= names and any(message.startswith(n + " ") for n in names):
+                return message
+        except (TypeError, ValueError):
+            return None
+        return None
+
+    return probe
 
 
 def _scalar_type(f: dataclasses.Field, default: Any) -> Callable[[str], Any]:

@@ -23,8 +23,9 @@ def policy_dict(pruner, counts: Sequence[int], **extra: Any) -> dict:
     d = pruner.describe(counts)
     layers = [{"group": l["group"], "layer": l["layer"], "channels": l["channels"], "kept": l["kept"],
                "ratio": round(l["ratio"], 6)} for l in d["layers"]]
+    predicted = {k: d[k] for k in ("latency_ms", "latency_ratio") if k in d}  # with a latency table
     return {"layers": layers, "flops": d["flops"], "params": d["params"],
-            "flops_ratio": d["flops_ratio"], "params_ratio": d["params_ratio"], **extra}
+            "flops_ratio": d["flops_ratio"], "params_ratio": d["params_ratio"], **predicted, **extra}
 
 
 def write_policy(path: str | Path, pruner, counts: Sequence[int], **extra: Any) -> dict:

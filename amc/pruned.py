@@ -81,11 +81,14 @@ def save_pruned(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
     return save_checkpoint(out_dir, model, meta)
 
 
-def load_recorded_splits(meta: dict, data_dir: str | None = None) -> DataSplits:
+def load_recorded_splits(meta: dict, data_dir: str | None = None, check_overlap: bool = False,
+                         allow_train_overlap: bool = False) -> DataSplits:
     """The data splits a checkpoint was made with: same dataset, split seed, reward-set size and
     normalisation, so fine-tuning selects on the same held-out reward set (docs/method.md#data-splits).
 
     A reward set that differs from the recorded one (other data under ``data_dir``) is refused.
+    ``check_overlap``: also refuse a reward set that holds images the base model was trained on
+    (:mod:`amc.overlap`), unless ``allow_train_overlap`` or the checkpoint's spec allowed it.
     """
     from amc.data import load_splits
 
@@ -104,4 +107,17 @@ def load_recorded_splits(meta: dict, data_dir: str | None = None) -> DataSplits:
     if want and splits.record.get("reward_indices_sha256") != want:
         raise AmcError(f"the {dataset} data found here gives a different reward set than the checkpoint "
                        "recorded (other data or another split); pass the original --data-dir")
+    if check_overlap:
+        from amc.errors import warn_once
+        from amc.overlap import check_reward_set
+
+        base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+        spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
+        allow = allow_train_overlap or spec.get("allow_train_overlap") is True
+        weights = base.get("weights")
+        if isinstance(weights, str) and not Path(weights).is_file():
+            warn_once(f"the base weights {weights} are missing; the reward set is not checked for the images "
+                      "the base model was trained on")
+        else:
+            check_reward_set(splits, weights if isinstance(weights, str) else None, allow)
     return splits

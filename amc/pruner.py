@@ -52,6 +52,7 @@ class ChannelPruner:
         crit = get_criterion(criterion)
         self.scores = [crit(model, g) for g in self.graph.groups]
         self.embedding = LayerEmbedding(self.graph, self.flops)
+        self.latency = None  # a LatencyModel once use_latency() gives one
         self.cache: FeatureCache | None = None
         if calibration_batches is not None:
             need = FeatureCache.estimate_nbytes(model, self.graph)
@@ -65,11 +66,25 @@ class ChannelPruner:
     def num_layers(self) -> int:
         return len(self.graph.groups)
 
+    def use_latency(self, latency) -> None:
+        """Take a latency table (:class:`amc.latency_table.LatencyModel`) as a third resource,
+        with an embedding whose resource features are in its units."""
+        self.latency = latency
+        self.latency_embedding = LayerEmbedding(self.graph, latency, latency.group_ms())
+
+    def resource(self, name: str):
+        """The model of resource ``name``: ``flops``, ``params`` or ``latency``."""
+        if name == "latency":
+            if self.latency is None:
+                raise AmcError("a latency budget needs a latency table (PruneSpec.build with latency=True)")
+            return self.latency
+        return self.flops if name == "flops" else self.params
+
     def state(self, target: float | None = 0.5, lbound: float = 0.2, channel_round: int = 1,
               resource: str = "flops", fill: bool = False) -> PruningState:
         """A fresh stepwise state with the budget wall on ``resource`` (None: no wall);
         ``fill`` adds the lower wall that makes episodes use the whole budget."""
-        return PruningState(self.flops if resource == "flops" else self.params, target, lbound, channel_round, fill)
+        return PruningState(self.resource(resource), target, lbound, channel_round, fill)
 
     def keep_indices(self, counts: Sequence[int]) -> list[torch.Tensor]:
         self._check_counts(counts)
@@ -131,12 +146,15 @@ class ChannelPruner:
         return counts
 
     def describe(self, counts: Sequence[int]) -> dict:
-        return {"flops": self.flops(counts), "params": self.params(counts),
-                "flops_ratio": self.flops(counts) / self.flops.full,
-                "params_ratio": self.params(counts) / self.params.full,
-                "layers": [{**p, "ratio": p["kept"] / p["channels"]} for p in channel_plan(self.graph, counts)]}
+        out = {"flops": self.flops(counts), "params": self.params(counts),
+               "flops_ratio": self.flops(counts) / self.flops.full,
+               "params_ratio": self.params(counts) / self.params.full,
+               "layers": [{**p, "ratio": p["kept"] / p["channels"]} for p in channel_plan(self.graph, counts)]}
+        if self.latency is not None:
+            out.update(latency_ms=self.latency(counts), latency_ratio=self.latency(counts) / self.latency.full)
+        return out
 
 
 def _size(nbytes: int) -> str:
-    mb = nbytes / 2**20
-    return f"{mb:.1f} MB" if mb >= 1 else f"{nbytes / 1024:.1f} KB"
+    mib = nbytes / 2**20
+    return f"{mib:.1f} MiB" if mib >= 1 else f"{nbytes / 1024:.1f} KiB"

@@ -20,8 +20,9 @@ from amc.errors import AmcError
 from amc.options import MAX_SEED, option, seed_int
 
 # which commands show which options: prune takes model, data and pruner; search and bench add budget
-MODEL, DATA, PRUNER, BUDGET = "model", "data", "pruner", "budget"
-RESOURCES = ("flops", "params")
+MODEL, DATA, PRUNER, BUDGET, LATENCY = "model", "data", "pruner", "budget", "latency"
+RESOURCES = ("flops", "params", "latency")
+RUNTIMES = ("torch", "ort")
 RECORDED = ("model", "dataset", "reward_set_size", "split_seed", "coupled", "criterion", "channel_round",
             "reconstruct", "calib_batches", "calib_batch_size", "points_per_image", "seed")
 """The settings every spec record has held since the first release."""
@@ -37,19 +38,21 @@ class PruneSpec:
     weights: str | None = option(None, ".safetensors or .pt state_dict; zoo models default to the shipped weights",
                                  group=MODEL)
     width: float | None = option(None, "width multiplier of a zoo model (none: that of the shipped weights, "
-                                       "else 1.0)", group=MODEL)
+                                       "else 1.0)", group=MODEL, lo=0, lo_open=True, hi=4)
     # --- the data and its split
     dataset: str = option("fashion-mnist", "fashion-mnist, cifar10 or imagefolder:PATH", group=DATA)
     data_dir: str | None = option(None, "where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, "
                                         "then a download)", group=DATA)
     mean: list[float] | None = option(None, "override the per-channel normalisation mean", group=DATA, type=float,
-                                      nargs="+")
+                                      nargs="+", what="a finite number")
     std: list[float] | None = option(None, "override the per-channel normalisation std", group=DATA, type=float,
-                                     nargs="+")
+                                     nargs="+", lo=0, lo_open=True, what="a positive finite number")
     image_size: int = option(224, "image size of imagefolder: datasets", group=DATA)
     reward_set_size: int = option(5000, "training images held out as the reward set, for rewards and model "
-                                        "selection (docs/method.md#data-splits)", group=DATA)
+                                        "selection (docs/method.md#data-splits)", group=DATA, lo=1)
     split_seed: int = option(0, "seed of the reward-set split (keep the base model's)", group=DATA, type=seed_int)
+    allow_train_overlap: bool = option(False, "score on a reward set that holds images the base model was trained "
+                                              "on (refused otherwise; recorded in the outputs)", group=DATA)
     # --- the pruner
     coupled: str = option("skip", "residual-tied channels: leave alone (skip) or prune each set with one shared "
                                   "ratio (shared)", group=PRUNER, choices=("skip", "shared"))
@@ -70,10 +73,18 @@ class PruneSpec:
     seed: int = option(0, "seed of the calibration sampling (a search seeds everything else with it too)",
                        group=PRUNER, type=seed_int)
     # --- the budget
-    budget: str = option("flops", "resource the action wall constrains", group=BUDGET, choices=RESOURCES)
-    target: float = option(0.5, "the budget: the fraction of the resource to keep, in (0, 1]", group=BUDGET,
-                           flags=("--target-flops", "--target"), metavar="R")
+    budget: str = option("flops", "resource the action wall constrains (latency: as predicted by a table measured "
+                                  "in --runtime; see amc latency)", group=BUDGET, choices=RESOURCES)
+    target: float = option(0.5, "the budget: the fraction of the resource to keep, in (0, 1] (0.5 of the latency "
+                                "asks for 2x)", group=BUDGET, flags=("--target-flops", "--target"), metavar="R")
     lbound: float = option(0.2, "smallest preserve ratio of a layer (official: 0.2)", group=BUDGET)
+    # --- the latency target (docs/method.md#action-and-the-budget-wall)
+    runtime: str = option("torch", "runtime the latency is measured in: torch (eager, CPU, channels-last) or ort "
+                                   "(onnxruntime's CPU provider)", group=LATENCY, choices=RUNTIMES)
+    latency_batch: int = option(64, "batch size of the latency target", group=LATENCY)
+    latency_threads: int = option(1, "CPU threads of the latency target", group=LATENCY)
+    cache_dir: str | None = option(None, "where latency tables are cached (else $AMC_CACHE_DIR, "
+                                         "$XDG_CACHE_HOME/amc, ~/.cache/amc)", group=LATENCY)
     fill_budget: bool = option(False, "add a lower action wall, so every episode ends at the budget (an extension; "
                                       "the paper's wall only caps)", group=BUDGET)
 
@@ -99,6 +110,12 @@ class PruneSpec:
             raise AmcError(f"--max-cache-mb must be a positive number, got {self.max_cache_mb}")
         if self.budget not in RESOURCES:
             raise AmcError(f"--budget must be {' or '.join(RESOURCES)}, got {self.budget!r}")
+        if self.runtime not in RUNTIMES:
+            raise AmcError(f"--runtime must be {' or '.join(RUNTIMES)}, got {self.runtime!r}")
+        for name in ("latency_batch", "latency_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if not (_finite(self.target) and 0.0 < self.target <= 1.0):
             raise AmcError(f"--target-flops must be in (0, 1], got {self.target}")
         if not (_finite(self.lbound) and 0.0 < self.lbound <= 1.0):
@@ -155,13 +172,15 @@ class PruneSpec:
 
         return resolve_model(self.model, self.weights, splits.info, self.width, require_weights)
 
-    def build(self, progress: bool = False, calibrate: bool | None = None):
+    def build(self, progress: bool = False, calibrate: bool | None = None, latency: bool | None = None):
         """Load the data and the base model, and build the pruner with its calibration cache.
 
         Args:
             progress: show the calibration progress bar.
             calibrate: draw calibration batches and cache the least-squares statistics
                 (default: when ``reconstruct`` is on).
+            latency: build (or load from the cache) the latency table of the latency target
+                (default: when ``budget`` is latency).
 
         Returns:
             a :class:`amc.problem.Problem`.
@@ -172,6 +191,9 @@ class PruneSpec:
         self.validate()
         splits = self.load_splits()
         model, model_spec, weights = self.load_model(splits)
+        from amc.overlap import check_reward_set
+
+        check_reward_set(splits, weights, self.allow_train_overlap)  # no score on the model's training images
         model = model.cpu().eval()
         calibrate = self.reconstruct if calibrate is None else calibrate
         calibration = splits.calibration_batches(self.calib_batches, self.calib_batch_size, self.seed) \
@@ -180,9 +202,20 @@ class PruneSpec:
         pruner = ChannelPruner(model, splits.train.shape, calibration, coupled=self.coupled,
                                criterion=self.criterion, points_per_image=self.points_per_image, seed=self.seed,
                                progress=progress, max_cache_bytes=limit)
+        if self.budget == "latency" if latency is None else latency:
+            pruner.use_latency(self.latency_model(pruner, progress))
         # adaptive BN: its own draw of calibration images, made once (docs/method.md#channel-selection-and-reconstruction)
         bn = splits.bn_batches(self.bn_recal, self.calib_batch_size, self.seed) if self.bn_recal else []
         return Problem(self, pruner, splits, model_spec, weights, bn)
+
+
+    def latency_model(self, pruner, progress: bool = False):
+        """The latency table of this spec's target for ``pruner``'s model (cached on disk)."""
+        from amc.latency_measure import build_latency_model
+
+        return build_latency_model(pruner.model, pruner.graph, pruner.input_shape, self.runtime, self.latency_batch,
+                                   self.latency_threads, self.channel_round, cache_dir=self.cache_dir,
+                                   progress=progress)
 
 
 def _finite(v: Any) -> bool:

@@ -93,8 +93,8 @@ class ChannelPruningEnv(gym.Env):
             bn_batches = problem.bn_batches if bn_batches is None else bn_batches
         if reward_set is None:
             raise AmcError("the environment needs a reward set")
-        if budget not in ("flops", "params"):
-            raise AmcError(f"budget must be 'flops' or 'params', got {budget!r}")
+        if budget not in ("flops", "params", "latency"):
+            raise AmcError(f"budget must be 'flops', 'params' or 'latency', got {budget!r}")
         if eval_batch_size is not None and eval_batch_size < 1:
             raise AmcError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
         self.pruner = pruner
@@ -106,6 +106,10 @@ class ChannelPruningEnv(gym.Env):
         self.eval_batch_size = eval_batch_size or (256 if self.device.type == "cpu" else 1024)
         # the PruningState validates lbound, target and reachability of the budget
         self.state = pruner.state(self.target, lbound, channel_round, budget, fill=fill_budget)
+        if reward == "latency" and pruner.latency is None:
+            raise AmcError("the latency reward needs a latency table (PruneSpec.build with latency=True)")
+        # under a latency budget the state's resource features are in latency units
+        self.embedding = pruner.latency_embedding if budget == "latency" else pruner.embedding
         x, y = _reward_tensors(reward_set)
         self.reward_x, self.reward_y = x.to(self.device), y.to(self.device)
         self.bn_batches = [b.to(self.device) for b in bn_batches or []]
@@ -140,7 +144,7 @@ class ChannelPruningEnv(gym.Env):
             if self.lbound < 1.0 else 1.0
 
     def _observe(self, t: int, a_prev: float) -> np.ndarray:
-        obs = self.pruner.embedding(t, self.state.counts, a_prev)
+        obs = self.embedding(t, self.state.counts, a_prev)
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
@@ -175,9 +179,12 @@ class ChannelPruningEnv(gym.Env):
             recalibrate_bn(slim, self.bn_batches, self.device)
         top1 = self.reward_top1(slim)
         flops, params = self.pruner.flops(counts), self.pruner.params(counts)
-        error = 1.0 - top1 / 100.0
-        reward = self.reward_fn(error, flops, params)
+        latency = self.pruner.latency
         info: dict[str, Any] = {}
+        if latency is not None:  # the table's prediction: recorded with every episode
+            info.update(latency_ms=latency(counts), latency_ratio=latency(counts) / latency.full)
+        error = 1.0 - top1 / 100.0
+        reward = self.reward_fn(error, flops, params, self._latency_us(counts))
         if not (math.isfinite(top1) and math.isfinite(reward)):
             info["nonfinite"] = {"reward": reward, "reward_top1": top1}
             top1, error, reward = 0.0, 1.0, self.worst_reward
@@ -189,7 +196,11 @@ class ChannelPruningEnv(gym.Env):
     def worst_reward(self) -> float:
         """The lowest reward the mode can give (error 1 at full size): the score of an episode
         whose evaluation is not a finite number."""
-        return self.reward_fn(1.0, self.pruner.flops.full, self.pruner.params.full)
+        return self.reward_fn(1.0, self.pruner.flops.full, self.pruner.params.full,
+                              self._latency_us(self.pruner.flops.full_counts()))
+
+    def _latency_us(self, counts: list[int]) -> float | None:
+        return None if self.pruner.latency is None else 1000.0 * self.pruner.latency(counts)
 
     def reward_top1(self, model: torch.nn.Module) -> float:
         """Top-1 accuracy (percent) on the reward set, in big batches of cached tensors."""

@@ -9,51 +9,44 @@ is on:
 | ``acc``    | ``-Error``                  | on (FLOPs or params), resource-constrained |
 | ``flops``  | ``-Error * log(FLOPs)``     | off, accuracy-guaranteed                 |
 | ``params`` | ``-Error * log(#Params)``   | off, accuracy-guaranteed                 |
+| ``latency`` | ``-Error * log(latency)``  | off, accuracy-guaranteed (our extension) |
 
 FLOPs (MACs) and params are absolute counts, as in the paper: the log makes a 2x smaller
-model worth the same reward change at any scale.
+model worth the same reward change at any scale. Latency is the table's prediction in
+microseconds, so that its log stays positive for any model worth pruning.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 from amc.errors import AmcError
 
 
 @dataclass(frozen=True)
 class Reward:
-    """One reward mode: its formula of (error, FLOPs, params) and whether the wall is on."""
+    """One reward mode: ``-Error``, or ``-Error * log(cost)`` of one resource, and whether the wall is on."""
 
     name: str
-    fn: Callable[[float, int, int], float]
+    resource: str | None
+    """None for ``-Error``; else the resource whose absolute cost is in the log."""
     wall: bool
     """True for resource-constrained search: the env clamps actions to meet the budget."""
 
-    def __call__(self, error: float, flops: int, params: int) -> float:
-        return float(self.fn(error, flops, params))
-
-
-def acc_reward(error: float, flops: int, params: int) -> float:
-    """R_err = -Error (resource-constrained; the action wall keeps the budget)."""
-    return -error
-
-
-def flops_reward(error: float, flops: int, params: int) -> float:
-    """R_FLOPs = -Error * log(FLOPs) (accuracy-guaranteed; no wall)."""
-    return -error * math.log(max(flops, 1))
-
-
-def params_reward(error: float, flops: int, params: int) -> float:
-    """R_Param = -Error * log(#Params) (accuracy-guaranteed; no wall)."""
-    return -error * math.log(max(params, 1))
+    def __call__(self, error: float, flops: int, params: int, latency_us: float | None = None) -> float:
+        if self.resource is None:
+            return float(-error)
+        cost = {"flops": flops, "params": params, "latency": latency_us}[self.resource]
+        if cost is None:
+            raise AmcError(f"the {self.name} reward needs the model's {self.resource}")
+        return float(-error * math.log(max(cost, 1)))
 
 
 REWARDS: dict[str, Reward] = {
-    "acc": Reward("acc", acc_reward, True),  # -Error, with the budget wall (resource-constrained)
-    "flops": Reward("flops", flops_reward, False),  # -Error * log(FLOPs), no wall (accuracy-guaranteed)
-    "params": Reward("params", params_reward, False),  # -Error * log(#Params), no wall (accuracy-guaranteed)
+    "acc": Reward("acc", None, True),
+    "flops": Reward("flops", "flops", False),
+    "params": Reward("params", "params", False),
+    "latency": Reward("latency", "latency", False),
 }
 
 

@@ -297,3 +297,43 @@ def test_fill_raises_a_starved_policy_to_the_budget_and_leaves_the_plain_wall_al
     assert plain.ratio() < 0.2  # the paper's wall only caps, so the budget goes unused
     assert 0.5 - one_step_cost(resource, 1) <= filled.ratio() <= 0.5
     assert filled.counts[-1] > plain.counts[-1]  # the last groups make up the difference
+
+
+# --------------------------------------------------------------------------- the lower wall on coupled graphs
+
+# --coupled shared on the shipped shapes, resnet20 and mobilenetv2 at width 0.5 (residual-tied
+# groups), plus the small graphs where one layer reads and writes one group (quadratic costs)
+COUPLED_FULL = {f"{n}@{w}-shared": build_layer_graph(build_model(ModelSpec(n, 1, 10, w)), INPUT, "shared")
+                for n, w in (("resnet20", 1.0), ("mobilenetv2", 0.5))}
+COUPLED = {**{k: RESOURCES[k, kind] for k in ("resnet20-shared", *SELF_COUPLED) for kind in ("flops",)},
+           **{k: ResourceModel(g, "flops") for k, g in COUPLED_FULL.items()}}
+COUPLED_PARAMS = {k: ResourceModel(r.graph, "params") for k, r in COUPLED.items()}
+
+
+def test_coupled_graphs_are_the_shapes_asked_for() -> None:
+    assert sorted(k for k in COUPLED if k in COUPLED_FULL) == ["mobilenetv2@0.5-shared", "resnet20@1.0-shared"]
+    assert set(SELF_COUPLED) <= set(COUPLED)  # graphs with a layer on both sides of one group (quadratic cost)
+    for key in ("resnet20@1.0-shared", "mobilenetv2@0.5-shared"):  # residual-tied groups are pruned
+        assert len(COUPLED[key].graph.groups) > len(GRAPHS[key.split("@")[0] + "-skip"].groups)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(sorted(COUPLED)), kind=st.sampled_from(["flops", "params"]),
+       target=st.floats(0.2, 0.9), near_floor=st.none() | st.floats(0.0, 0.1),
+       lbound=st.sampled_from([0.05, 0.2]), channel_round=st.sampled_from([1, 4, 8]), data=st.data())
+def test_fill_ends_every_episode_at_the_budget_on_coupled_graphs(key, kind, target, near_floor, lbound,
+                                                                 channel_round, data) -> None:
+    resource = (COUPLED if kind == "flops" else COUPLED_PARAMS)[key]
+    lowest = floor(resource, lbound, channel_round)
+    if near_floor is not None:  # just above the floor both walls bind at almost every step
+        target = min(1.0, lowest + near_floor)
+    if lowest > target:
+        return
+    groups = resource.graph.groups
+    state = PruningState(resource, target, lbound, channel_round, fill=True)
+    ratios = data.draw(st.lists(st.floats(-0.5, 1.5), min_size=len(groups), max_size=len(groups)))
+    for t, r in enumerate(ratios):
+        state.step(r)
+        assert state.counts[t] >= state.min_counts[t]
+    assert resource(state.counts) <= state.budget  # the upper wall still wins
+    assert state.ratio() >= target - one_step_cost(resource, channel_round) - 1e-12

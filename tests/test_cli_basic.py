@@ -145,8 +145,8 @@ def test_data_not_found(run_amc, tmp_path: Path, cli_error) -> None:
 
 
 def test_reward_set_size_out_of_range(run_amc, tiny_data_dir: Path, cli_error) -> None:
-    cli_error(run_amc("eval", "--data-dir", tiny_data_dir, "--reward-set-size", "0"),
-              f"--reward-set-size must be in [1, {TINY_TRAIN - 1}], got 0")
+    cli_error(run_amc("eval", "--data-dir", tiny_data_dir, "--reward-set-size", str(TINY_TRAIN)),
+              f"--reward-set-size must be in [1, {TINY_TRAIN - 1}], got {TINY_TRAIN}")
 
 
 def test_zoo_model_without_weights(run_amc, tiny_data_dir: Path, cli_error) -> None:

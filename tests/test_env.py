@@ -16,6 +16,7 @@ from amc.pruner import ChannelPruner
 from amc.train import evaluate
 from envs.channel_pruning import ChannelPruningEnv
 from envs.rewards import REWARDS, get_reward
+from helpers import exactly
 
 INPUT = (1, 12, 12)
 
@@ -83,7 +84,7 @@ def test_registered_and_made_from_prebuilt_objects(pruner, reward_set):
 
 
 def test_made_from_strings(tiny_data_dir):
-    from helpers import TINY_NET
+    from helpers import exactly, TINY_NET
 
     env = gymnasium.make(envs.ENV_ID, model=f"{TINY_NET}:factory", weights=None, dataset="fashion-mnist",
                          data_dir=str(tiny_data_dir), reward_set_size=100, calib_batches=1, calib_batch_size=10,
@@ -151,9 +152,12 @@ def test_reward_formulas():
     assert get_reward("acc")(0.25, 10**6, 10**4) == -0.25
     assert get_reward("flops")(0.25, 10**6, 10**4) == pytest.approx(-0.25 * math.log(10**6))
     assert get_reward("params")(0.25, 10**6, 10**4) == pytest.approx(-0.25 * math.log(10**4))
+    assert get_reward("latency")(0.25, 10**6, 10**4, latency_us=2000.0) == pytest.approx(-0.25 * math.log(2000))
+    with pytest.raises(AmcError, match=exactly("the latency reward needs the model's latency")):
+        get_reward("latency")(0.25, 10**6, 10**4)
     assert [n for n, r in REWARDS.items() if r.wall] == ["acc"]
-    with pytest.raises(AmcError, match="unknown reward 'latency'"):
-        get_reward("latency")
+    with pytest.raises(AmcError, match="unknown reward 'joules'"):
+        get_reward("joules")
 
 
 def test_seeded_rollout_is_deterministic(pruner, reward_set):
@@ -200,7 +204,10 @@ def test_episode_does_one_prune_and_one_evaluation(pruner, reward_set, monkeypat
 
 
 def test_bad_construction_arguments(pruner, reward_set):
-    with pytest.raises(AmcError, match="budget must be 'flops' or 'params'"):
+    with pytest.raises(AmcError, match="budget must be 'flops', 'params' or 'latency'"):
+        make_env(pruner, reward_set, budget="joules")
+    with pytest.raises(AmcError, match=exactly("a latency budget needs a latency table (PruneSpec.build with "
+                                               "latency=True)")):
         make_env(pruner, reward_set, budget="latency")
     with pytest.raises(AmcError, match="reward set"):
         ChannelPruningEnv(pruner)

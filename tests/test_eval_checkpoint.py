@@ -59,8 +59,21 @@ def test_eval_checkpoint_table(capsys, tiny_data_dir: Path, pruned: Path) -> Non
     assert proc.returncode == 0 and proc.stderr == ""
     lines = proc.stdout.splitlines()
     assert [line.split()[0] for line in lines[2:8]] == ["test", "MACs", "params", "file", "latency", "latency"]
-    assert lines[-1] == ("latency: CPU, 1 thread, median of 2 runs after 0 warm-up runs, base and pruned "
+    assert lines[-1] == ("latency: CPU, torch, 1 thread, median of 2 runs after 0 warm-up runs, base and pruned "
                          "interleaved")
+
+
+def test_eval_checkpoint_in_onnxruntime(capsys, tiny_data_dir: Path, pruned: Path) -> None:
+    """--runtime ort times the slim model and its base in onnxruntime, with the same JSON keys."""
+    proc = in_process(capsys, "eval", "--checkpoint", pruned, "--data-dir", tiny_data_dir, "--threads", "1",
+                      "--repeats", "2", "--warmup", "1", "--runtime", "ort", "--batch-sizes", "1", "8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["runtime"] == "ort" and res["batch_sizes"] == [1, 8]
+    for b in (1, 8):
+        assert res[f"latency_ms_b{b}"] > 0 and res[f"speedup_b{b}"] == pytest.approx(
+            res[f"base_latency_ms_b{b}"] / res[f"latency_ms_b{b}"])
+    assert "latency_ms_b64" not in res
 
 
 def test_missing_base_weights_are_named(capsys, tmp_path: Path, tiny_data_dir: Path, pruned: Path) -> None:

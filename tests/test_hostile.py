@@ -66,7 +66,7 @@ def tmp_files(folder: Path) -> list[str]:
     (["--max-cache-mb", "0"], "--max-cache-mb must be a positive number, got 0.0"),
     (["--max-cache-mb", "nan"], "--max-cache-mb must be a positive number, got nan"),
     (["--sigma", "nan"], "--sigma must be a finite number >= 0, got nan"),
-    (["--sigma-decay", "0"], "--sigma-decay must be in (0, 1], got 0.0"),
+    (["--sigma-decay", "0"], "--sigma-decay must be in (0, 1] or auto, got 0.0"),
     (["--actor-lr", "-1"], "--actor-lr must be a finite number >= 0, got -1.0"),
     (["--tau", "nan"], "--tau must be a finite number >= 0, got nan"),
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
@@ -74,13 +74,15 @@ def tmp_files(folder: Path) -> list[str]:
     (["--hidden", "0"], "--hidden needs positive layer sizes, got [0]"),
     (["--eval-batch-size", "0"], "--eval-batch-size must be >= 1, got 0"),
     (["--channel-round", "0"], "--channel-round must be >= 1, got 0"),
-    (["--threads", "0"], "--threads must be >= 1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
     (["--points-per-image", "0"], "--points-per-image must be >= 1, got 0"),
     (["--calib-batches", "0"], "--calib-batches must be >= 1, got 0"),
-    (["--reward-set-size", "0"], "--reward-set-size must be in [1, 999], got 0"),
+    (["--reward-set-size", "0"], "--reward-set-size must be >= 1, got 0"),  # at parse time: the data is not read yet
     (["--reward-set-size", "1000"], "--reward-set-size must be in [1, 999], got 1000"),
-    (["--mean", "nan"], "--mean values must be finite numbers"),
-    (["--std", "0"], "--std values must be positive finite numbers"),
+    (["--mean", "nan"], "--mean must be a finite number, got nan"),
+    (["--std", "0"], "--std must be a positive finite number, got 0.0"),
+    (["--std", "1", "inf"], "--std must be a positive finite number, got inf"),
+    (["--width", "0"], "--width must be in (0, 4], got 0.0"),
 ])
 def test_search_numbers_out_of_range(setup, tmp_path, capsys, extra, message):
     run = tmp_path / "run"
@@ -269,7 +271,7 @@ def test_the_buffer_refuses_a_non_finite_reward():
 # --------------------------------------------------------------------------- bounded memory
 
 def test_the_cache_bound_refuses_before_calibrating(setup, tmp_path, capsys):
-    message = ("the least-squares cache would take 232.8 KB, over the limit of 10.2 KB (--max-cache-mb); "
+    message = ("the least-squares cache would take 232.8 KiB, over the limit of 10.2 KiB (--max-cache-mb); "
                "raise the limit, or prune without reconstruction (--no-reconstruct)")
     args = search_args(setup, tmp_path / "run", "--quiet", "--max-cache-mb", "0.01")
     assert error(*args, capsys=capsys) == message
@@ -297,4 +299,4 @@ def test_bench_search_reports_time_and_memory(setup, tmp_path, capsys):
     assert out["episodes"] == 2 and out["layers"] == 3 and out["seconds_per_episode"] > 0
     assert 50 < out["peak_rss_mib"] < 8000 and out["feature_cache_mib"] == pytest.approx(232.8 / 1024, abs=1e-2)
     bad = amc("bench", "search", *args, "--max-cache-mb", "0.01", capsys=capsys)
-    assert assert_one_error_line(bad).startswith("the least-squares cache would take 232.8 KB")
+    assert assert_one_error_line(bad).startswith("the least-squares cache would take 232.8 KiB")

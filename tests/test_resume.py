@@ -66,7 +66,7 @@ def saved_episodes(run: Path) -> int:
     return torch.load(run / "state.pt", weights_only=True)["log"]["episodes"]
 
 
-@pytest.mark.parametrize("algo,save_every", [("ddpg", 1), ("sac", 3)])
+@pytest.mark.parametrize("algo,save_every", [("ddpg", 1), ("sac", 3), pytest.param("td3", 2, marks=pytest.mark.slow)])
 def test_kill_9_then_resume_equals_an_uninterrupted_search(setup, tmp_path, capsys, algo, save_every):
     opts = ("--algo", algo, "--episodes", str(EPISODES), "--warmup", str(WARMUP), "--seed", "7", "--quiet")
     killed = tmp_path / "killed"
@@ -116,8 +116,8 @@ def test_ctrl_c_and_sigterm_save_and_say_how_to_resume(setup, tmp_path, capsys, 
     assert proc.returncode == code, err
     n = saved_episodes(run)
     name = "SIGINT" if how == signal.SIGINT else "SIGTERM"
-    assert err.splitlines() == [f"stopped by {name} after {n} of 12 episodes; the search state is saved in {run}",
-                                f"resume with: amc search --resume {run}"]
+    assert err.splitlines() == [f"stopped by {name} after {n} of 12 episodes (the search state is saved in {run}); "
+                                f"resume with: amc search --resume {run}"]  # one line
     assert "Traceback" not in err and out == ""
     assert len(read_episodes(run)) == n >= 3  # the files agree with the state
     assert best_policy(run)["episode"] < n
@@ -160,9 +160,10 @@ def test_resume_refuses_what_it_cannot_continue(setup, tmp_path, capsys):
         f"run folder {run} holds a search already; continue it with: amc search --resume {run} "
         "(or choose another --run)")
 
-    config_only = tmp_path / "config_only"
+    config_only = tmp_path / "config_only"  # episodes logged, but no state: nothing to go on from
     config_only.mkdir()
     (config_only / "config.json").write_text((run / "config.json").read_text())
+    (config_only / "episodes.jsonl").write_text((run / "episodes.jsonl").read_text())
     assert error("search", "--resume", config_only) == (
         f"{config_only} holds no saved search state (state.pt); only a run folder of amc search that finished "
         "at least its set-up can be resumed (delete it and start again)")

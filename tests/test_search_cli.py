@@ -66,6 +66,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         loss.backward()
         opt.step()
     torch.save(model.state_dict(), root / "tiny.pt")
+    # the record amc train keeps beside its weights: the reward set held out (tests/test_reliability.py)
+    from amc.data import load_splits
+
+    split = load_splits("fashion-mnist", str(data), 0, 200).record
+    (root / "tiny.json").write_text(json.dumps({"kind": "base", "split": split}))
     return {"root": root, "data": data, "model": root / "tiny.py", "weights": root / "tiny.pt"}
 
 
@@ -177,8 +182,8 @@ def test_random_search_is_deterministic_and_seed_matters(setup, tmp_path, capsys
     (["--episodes", "10", "--warmup", "10"],
      "--episodes (10) must be greater than --warmup (10), or the agent never learns"),
     # argparse quotes the choices in some Python versions and not in others
-    (["--reward", "latency"], "argument --reward: invalid choice: 'latency' (choose from *acc*, *flops*, *params*) "
-                              "(see: amc search --help)"),
+    (["--reward", "joules"], "argument --reward: invalid choice: 'joules' (choose from *acc*, *flops*, *params*, "
+                             "*latency*) (see: amc search --help)"),
     (["--algo", "ppo"], "argument --algo: invalid choice: 'ppo' (choose from *ddpg*, *td3*, *sac*, *random*) "
                         "(see: amc search --help)"),
     (["--lbound", "0"], "--lbound must be in (0, 1], got 0.0"),
@@ -369,3 +374,104 @@ def test_prune_with_bn_recal_carries_the_recalibrated_statistics(setup, tmp_path
         same = torch.equal(plain[k], recal[k])
         assert same == (not k.endswith(("running_mean", "running_var", "num_batches_tracked"))), k
     assert json.loads((tmp_path / "recal" / "model.json").read_text())["spec"]["bn_recal"] == 3
+
+
+def test_bench_correlation_end_to_end(setup, tmp_path, capsys):
+    out = tmp_path / "corr"
+    assert main(["bench", "correlation", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]),
+                 "--data-dir", str(setup["data"]), "--reward-set-size", "200", "--calib-batches", "2",
+                 "--calib-batch-size", "20", "--policies", "4", "--ft-images", "100", "--bn-counts", "1", "2",
+                 "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["policies"] == 5 and res["rows"][0]["name"] == "uniform"
+    assert set(res["correlation"]) == {"reward", "bn1", "bn2", "no_reconstruct"}
+    assert all(-1 <= c["spearman"] <= 1 for c in res["correlation"].values() if c["spearman"] == c["spearman"])
+    assert all(0.45 < r["flops_ratio"] <= 0.5 for r in res["rows"][1:])  # the lower wall fills the budget
+    assert (out / "correlation.png").stat().st_size > 1000
+    assert json.loads((out / "correlation.json").read_text())["correlation"] == res["correlation"]
+
+
+def test_rank_correlations_by_hand():
+    from amc.correlation import kendall, ranks, spearman
+
+    assert ranks([3, 1, 2, 2]).tolist() == [4.0, 1.0, 2.5, 2.5]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # constant: nan
+
+
+def synthetic_latency(pruner):
+    """A latency table that times nothing: each layer costs cin * cout * its output positions, and
+    the 28x28 layers twice that (memory traffic the FLOPs count misses)."""
+    from amc.latency_table import LatencyModel
+
+    tables = {}
+    for name, li in pruner.graph.layers.items():
+        hw = li.in_hw[0] * li.in_hw[1] / li.stride ** 2
+        w = 2e-6 * hw * (2.0 if li.in_hw[0] == 28 else 1.0)
+        ins, outs = sorted({1, li.cin}), sorted({1, li.cout})
+        tables[name] = (ins, outs, [[w * i * o for o in outs] for i in ins])
+    return LatencyModel.from_tables(pruner.graph, tables, remainder_ms=0.05,
+                                    meta={"runtime": "torch", "batch": 64, "threads": 1, "fingerprint_id": "synthetic"})
+
+
+def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
+    """--budget latency: every episode's predicted latency is within the target, the state's resource
+    features are in latency units, and the run records the latency target."""
+    import amc.spec
+
+    monkeypatch.setattr(amc.spec.PruneSpec, "latency_model", lambda self, pruner, progress=False:
+                        synthetic_latency(pruner))
+    run = tmp_path / "run"
+    assert main(search_args(setup, run, "--budget", "latency", "--target", "0.4", "--fill-budget", "--episodes", "5",
+                            "--warmup", "2", "--quiet", "--json")) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    episodes = read_episodes(run)
+    assert all(e["latency_ratio"] <= 0.4 + 1e-12 for e in episodes)
+    assert all(e["latency_ratio"] > 0.3 for e in episodes)  # the lower wall fills the latency budget
+    best = json.loads((run / "best_policy.json").read_text())
+    assert best["latency_ratio"] <= 0.4 and best["latency_target"]["fingerprint_id"] == "synthetic"
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["budget"] == "latency" and config["latency"]["runtime"] == "torch"
+    assert out["best_reward"] == best["reward"]
+
+    # accuracy-guaranteed: -Error * log(latency in us), no wall
+    run2 = tmp_path / "run2"
+    assert main(search_args(setup, run2, "--reward", "latency", "--algo", "random", "--episodes", "3",
+                            "--quiet")) == 0
+    capsys.readouterr()
+    best = json.loads((run2 / "best_policy.json").read_text())
+    assert best["reward"] == pytest.approx((best["reward_top1"] / 100 - 1) * np.log(1000 * best["latency_ms"]))
+
+
+def test_latency_target_below_the_reachable_minimum_is_refused(setup, tmp_path, capsys, monkeypatch):
+    import amc.spec
+
+    monkeypatch.setattr(amc.spec.PruneSpec, "latency_model", lambda self, pruner, progress=False:
+                        synthetic_latency(pruner))
+    message = in_process_error(capsys, None, *search_args(setup, tmp_path / "run", "--budget", "latency",
+                                                          "--target", "0.01", "--quiet"))
+    assert message.startswith("budget 0.010 is unreachable: with every prunable layer at the lower bound 0.2 "
+                              "the model keeps 0.") and message.endswith("of its latency")
+
+
+def test_latency_command_builds_then_loads_its_table_and_bench_compares(setup, tmp_path, capsys):
+    """amc latency on a tiny model (batch 2: fast), then from the cache; amc bench latency end to end."""
+    model = ["--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]), "--data-dir",
+             str(setup["data"]), "--reward-set-size", "200", "--latency-batch", "2", "--cache-dir", str(tmp_path / "c")]
+    assert main(["latency", *model, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert not first["from_cache"] and first["predicted_ms"] > 0 and first["batch"] == 2
+    tabled = [r for r in first["layers"] if r["ms"] is not None]
+    assert len(tabled) == 4 and sum(r["flops_share"] for r in first["layers"]) == pytest.approx(1.0)
+    assert sum(r["latency_share"] for r in tabled) + first["remainder_share"] == pytest.approx(1.0)
+    assert main(["latency", *model, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["from_cache"] and again["predicted_ms"] == first["predicted_ms"]
+
+    assert main(["bench", "latency", *model, "--policies", "2", "--repeats", "2", "--out", str(tmp_path / "b"),
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(res["policies"]) == 3 and {"median_abs_rel_err", "p90_abs_rel_err", "max_abs_rel_err"} <= res.keys()
+    assert res["table_from_cache"] and (tmp_path / "b" / "latency.png").stat().st_size > 1000

@@ -7,9 +7,9 @@ import sys
 import time
 
 from agents.config import SEARCH, SearchConfig
-from amc.cli.common import absolute, add_common, add_spec, emit, setup_threads, spec_from
-from amc.options import add_options, values_given
-from amc.spec import BUDGET, DATA, MODEL, PRUNER
+from amc.cli.common import absolute, add_common, add_latency_target, add_spec, emit, setup_threads, spec_from
+from amc.options import add_options, bounded, seed_int, values_given
+from amc.spec import BUDGET, DATA, LATENCY, MODEL, PRUNER, PruneSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,23 +24,40 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "random policies; --seed seeds them and the calibration.")
     add_spec(pp, MODEL, DATA, PRUNER, BUDGET)
     add_common(pp)
-    pp.add_argument("--trials", type=int, default=7, help="random policies timed (default 7)")
+    pp.add_argument("--trials", type=bounded(int, "--trials", 1), default=7, help="random policies timed (default 7)")
     pp.set_defaults(func=run_prune)
 
     ps = bsub.add_parser("search", help="a short amc search in a child process: seconds per episode, peak memory",
                          description="Runs a short search in a child process and reports its seconds per "
                                      "episode, its wall time, its peak resident memory (the child's ru_maxrss) and "
                                      "the size of its least-squares cache.")
-    add_spec(ps, MODEL, DATA, PRUNER, BUDGET)
+    add_spec(ps, MODEL, DATA, PRUNER, BUDGET, LATENCY)
     add_common(ps)
     add_options(ps, SearchConfig, [SEARCH], skip=("episodes", "warmup"))
-    ps.add_argument("--episodes", type=int, default=10, help="episodes in all (default 10)")
-    ps.add_argument("--warmup", type=int, default=5, help="warm-up episodes (default 5)")
+    ps.add_argument("--episodes", type=bounded(int, "--episodes", 1), default=10, help="episodes in all (default 10)")
+    ps.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5, help="warm-up episodes (default 5)")
     ps.add_argument("--run", default=None, help="keep the search's run folder here (default: a temporary one)")
     ps.set_defaults(func=run_search_bench)
-    from amc.cli import bench_quality
+    pl = bsub.add_parser("latency", help="latency table's predictions against end-to-end measurements",
+                         description="Draws --policies random policies near --target of the predicted latency, "
+                                     "plus uniform; builds each slim model and times it end to end, interleaved "
+                                     "with the base, in the target runtime; compares with the table's prediction. "
+                                     "Reports the median, p90 and largest absolute relative error of the latency "
+                                     "(ms) and of the latency ratio to the base, and a scatter plot.")
+    add_latency_target(pl)
+    add_options(pl, PruneSpec, [BUDGET], only=("target", "lbound"))
+    add_common(pl)
+    pl.add_argument("--policies", type=bounded(int, "--policies", 0), default=20,
+                    help="random policies besides uniform (default 20)")
+    pl.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=10,
+                    help="interleaved timing rounds per policy (default 10)")
+    pl.add_argument("--policy-seed", type=seed_int, default=0, help="seed of the random policies (default 0)")
+    pl.add_argument("--out", required=True, help="folder for latency.json and latency.png")
+    pl.set_defaults(func=run_latency_bench)
+    from amc.cli import bench_correlation, bench_quality
 
     bench_quality.register(bsub)
+    bench_correlation.register(bsub)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -82,6 +99,34 @@ def run_prune(args: argparse.Namespace) -> int:
         + f" (base {quality['base_reward_top1']:.2f}%)",
     ])
     emit(res, args.json, table)
+    return 0
+
+
+def run_latency_bench(args: argparse.Namespace) -> int:
+    from amc.checkpoint import atomic_write_json
+    from amc.cli.common import fresh_out_dir
+    from amc.latency_bench import predict_vs_measure
+
+    setup_threads(args)
+    spec = spec_from(args, reconstruct=False)
+    out = fresh_out_dir(args.out)
+    problem = spec.build(progress=not args.json, latency=True)
+    res = predict_vs_measure(problem.pruner, problem.pruner.latency, args.policies, spec.target, lbound=spec.lbound,
+                             repeats=args.repeats, seed=args.policy_seed, progress=not args.json,
+                             plot=out / "latency.png")
+    res.update(model=problem.model_spec.name, spec=spec.to_dict(), machine=platform.processor() or platform.machine(),
+               table_build_seconds=problem.pruner.latency.meta.get("build_seconds"),
+               table_from_cache=problem.pruner.latency.from_cache, command="amc " + " ".join(args._argv))
+    atomic_write_json(out / "latency.json", res)
+    emit(res, args.json,
+         f"amc bench latency: {res['model']}, {res['runtime']}, batch {res['batch']}, {res['threads']} thread(s), "
+         f"{len(res['policies'])} policies near {spec.target:g}\n"
+         f"  base: predicted {res['base_predicted_ms']:.2f} ms, measured {res['base_measured_ms']:.2f} ms\n"
+         f"  |predicted - measured| / measured, latency: median {100 * res['median_abs_rel_err']:.1f}%, "
+         f"p90 {100 * res['p90_abs_rel_err']:.1f}%, max {100 * res['max_abs_rel_err']:.1f}%\n"
+         f"  the same on the ratio to the base: median {100 * res['ratio_median_abs_rel_err']:.1f}%, "
+         f"p90 {100 * res['ratio_p90_abs_rel_err']:.1f}%, max {100 * res['ratio_max_abs_rel_err']:.1f}%\n"
+         f"  wrote {out}/latency.json and latency.png")
     return 0
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,8 +22,9 @@ from agents.config import AGENT, SEARCH, SearchConfig
 from amc.checkpoint import atomic_write_json
 from amc.cli.common import absolute, add_common, add_spec, emit, fresh_out_dir, setup_threads, spec_from
 from amc.errors import AmcError
-from amc.options import add_options, seed_int, values_given
-from amc.spec import BUDGET, DATA, MODEL, PRUNER
+from amc.options import add_options, bounded, seed_int, values_given
+from amc.runlock import FolderLock
+from amc.spec import BUDGET, DATA, LATENCY, MODEL, PRUNER
 
 
 def register(bsub: argparse._SubParsersAction) -> None:
@@ -28,14 +33,14 @@ def register(bsub: argparse._SubParsersAction) -> None:
                                     "the same spec, then reports reward-set and test top-1 of uniform, each "
                                     "algorithm's best policy, their mean over seeds, and the share of uniform's "
                                     "loss recovered. --seed is replaced by each of --seeds.")
-    add_spec(p, MODEL, DATA, PRUNER, BUDGET, skip=("seed",))
+    add_spec(p, MODEL, DATA, PRUNER, BUDGET, LATENCY, skip=("seed",))
     add_common(p)
     add_options(p, SearchConfig, [SEARCH], skip=("algo", "save_every"))
     add_options(p.add_argument_group("agent (AMC's DDPG settings by default)"), SearchConfig, [AGENT])
     p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2], help="search seeds (default 0 1 2)")
     p.add_argument("--algos", nargs="+", default=["random", "ddpg"], choices=["random", "ddpg", "td3", "sac"],
                    help="algorithms compared (default random ddpg)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=bounded(int, "--jobs", 1), default=1,
                    help="searches run at once, each in its own process (default 1); with --threads, "
                         "each process gets that many threads")
     p.add_argument("--resume", action="store_true",
@@ -44,10 +49,27 @@ def register(bsub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+_STOP = False  # a worker process was told to stop: it starts no further search
+_BUSY = False  # a worker process is inside a job (not waiting for one)
+
+
+def _worker_init() -> None:
+    """A worker of ``--jobs``: Ctrl-C stops the search it runs (which saves its state) and
+    every search still queued for it; a worker waiting for work just notes it, no traceback."""
+    def handler(signum: int, frame: object) -> None:
+        global _STOP
+        _STOP = True
+        if _BUSY:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _search_job(spec, cfg, run_dir: str, resume: bool, progress: bool) -> dict:
-    """One search, in this process or a worker's; an existing run folder is resumed (a finished
-    one is only reported), so a stopped benchmark continues where it was. The search sets its
-    own thread count from ``cfg.threads``."""
+    """One search; an existing run folder is resumed (a finished one is only reported), so a
+    stopped benchmark continues where it was. The search sets its own thread count from
+    ``cfg.threads``."""
     from agents.search import resume_search, search
 
     if resume and (Path(run_dir) / "config.json").is_file():
@@ -55,9 +77,23 @@ def _search_job(spec, cfg, run_dir: str, resume: bool, progress: bool) -> dict:
     return search(spec, cfg, run_dir, progress=progress)
 
 
-def run(args: argparse.Namespace) -> int:
-    from amc.api import compare
+def _worker_job(spec, cfg, run_dir: str, resume: bool) -> dict | None:
+    """:func:`_search_job` in a worker process of ``--jobs``; None: not started, the benchmark is stopping."""
+    global _STOP, _BUSY
 
+    if _STOP:
+        return None
+    _BUSY = True
+    try:
+        return _search_job(spec, cfg, run_dir, resume, False)
+    except KeyboardInterrupt:  # a SearchInterrupted too: its state is saved
+        _STOP = True
+        raise
+    finally:
+        _BUSY = False
+
+
+def run(args: argparse.Namespace) -> int:
     setup_threads(args)
     if args.jobs < 1:
         raise AmcError(f"--jobs must be >= 1, got {args.jobs}")
@@ -76,6 +112,73 @@ def run(args: argparse.Namespace) -> int:
             raise AmcError(f"--resume: {out} is not a folder of amc bench quality")
     else:
         out = fresh_out_dir(args.out)
+    with FolderLock(out):  # one benchmark per folder (each search also locks its own run folder)
+        if not args.resume:
+            fresh_out_dir(args.out)  # again, locked: no other benchmark began here meanwhile
+        else:
+            _check_summary(out)
+        try:
+            return _run(args, spec, base_cfg, jobs, out)
+        except KeyboardInterrupt as stop:
+            signum = getattr(stop, "signum", signal.SIGINT)
+            sys.stderr.write(f"stopped by {signal.Signals(signum).name}; finished searches and the saved states of "
+                             f"stopped ones are in {out}; continue with the same command and --resume\n")
+            return 128 + signum
+
+
+def _check_summary(out: Path) -> None:
+    """A summary.json that does not parse (cut off by a crash) is replaced at the end: say so."""
+    path = out / "summary.json"
+    if path.is_file():
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            sys.stderr.write(f"warning: {path} is torn ({getattr(e, 'msg', e)}); it is written again at the end\n")
+
+
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _run_parallel(args: argparse.Namespace, jobs: list, t0: float) -> dict[tuple[int, str], dict]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    def on_term(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    searches: dict[tuple[int, str], dict] = {}
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    # spawn: a forked torch (or CUDA) runtime is not safe to use in the children
+    pool = ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+    try:
+        futures = {(seed, algo): pool.submit(_worker_job, seed_spec, cfg, run_dir, args.resume)
+                   for seed, algo, seed_spec, cfg, run_dir in jobs}
+        for (seed, algo), fut in futures.items():
+            searches[seed, algo] = fut.result()
+            if searches[seed, algo] is None:  # its worker was stopped by a signal of its own
+                raise KeyboardInterrupt
+            print(f"[{time.perf_counter() - t0:7.0f}s] search {algo} seed {seed} done", file=sys.stderr)
+    except KeyboardInterrupt:
+        # stop the running searches (each saves its state) and start no other; then wait for them
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except OSError:
+                pass
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return searches
+
+
+def _run(args: argparse.Namespace, spec, base_cfg: SearchConfig, jobs: list, out: Path) -> int:
+    from amc.api import compare
+
     t0 = time.perf_counter()
     searches: dict[tuple[int, str], dict] = {}
     if args.jobs == 1:
@@ -83,16 +186,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{time.perf_counter() - t0:7.0f}s] search {algo} seed {seed} -> {run_dir}", file=sys.stderr)
             searches[seed, algo] = _search_job(seed_spec, cfg, run_dir, args.resume, not args.json)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn: a forked torch (or CUDA) runtime is not safe to use in the children
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {(seed, algo): pool.submit(_search_job, seed_spec, cfg, run_dir, args.resume, False)
-                       for seed, algo, seed_spec, cfg, run_dir in jobs}
-            for (seed, algo), fut in futures.items():
-                searches[seed, algo] = fut.result()
-                print(f"[{time.perf_counter() - t0:7.0f}s] search {algo} seed {seed} done", file=sys.stderr)
+        searches = _run_parallel(args, jobs, t0)
     results: dict[str, list[dict]] = {a: [] for a in args.algos}
     uniform: list[dict] = []
     base = None

@@ -8,13 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from amc.errors import AmcError
-from amc.options import add_options, values_given
+from amc.options import add_options, bounded, values_given
 from amc.spec import PruneSpec
 
 
 def add_spec(p: argparse.ArgumentParser, *groups: str, skip: tuple[str, ...] = ()) -> None:
     """The :class:`~amc.spec.PruneSpec` options of ``groups`` (model, data, pruner, budget)."""
     add_options(p, PruneSpec, groups, skip)
+
+
+def add_latency_target(p: argparse.ArgumentParser) -> None:
+    """The model, its data and the latency target: what a latency table is built for."""
+    from amc.spec import DATA, LATENCY, MODEL, PRUNER
+
+    add_spec(p, MODEL, DATA, LATENCY)
+    add_options(p, PruneSpec, [PRUNER], only=("channel_round",))
 
 
 def spec_from(args: argparse.Namespace, **fixed: Any) -> PruneSpec:
@@ -25,7 +33,8 @@ def spec_from(args: argparse.Namespace, **fixed: Any) -> PruneSpec:
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where to compute (default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=bounded(int, "--threads", 1), default=None,
+                   help="torch CPU threads (default: torch's choice)")
 
 
 def setup_threads(args: argparse.Namespace) -> None:
@@ -33,7 +42,7 @@ def setup_threads(args: argparse.Namespace) -> None:
         import torch
 
         if args.threads < 1:
-            raise AmcError("--threads must be >= 1")
+            raise AmcError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
 

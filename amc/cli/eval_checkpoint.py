@@ -20,16 +20,23 @@ BATCH_SIZES = (1, 64)
 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=int, default=20,
+    from amc.options import bounded
+
+    p.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=20,
                    help="with --checkpoint: timed runs per model and batch size; the median is reported (default 20)")
-    p.add_argument("--warmup", type=int, default=5,
+    p.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5,
                    help="with --checkpoint: untimed runs per model and batch size first (default 5)")
+    p.add_argument("--runtime", default="torch", choices=["torch", "ort"],
+                   help="with --checkpoint: what times both models: torch (eager, channels-last) or ort "
+                        "(onnxruntime's CPU provider, on each model exported to ONNX) (default torch)")
+    p.add_argument("--batch-sizes", type=bounded(int, "--batch-sizes", 1), nargs="+", default=list(BATCH_SIZES),
+                   help="with --checkpoint: batch sizes timed (default 1 64)")
 
 
 def run_checkpoint(args: argparse.Namespace) -> int:
     from amc.checkpoint import load_state_dict, load_weights_into
     from amc.flops import count_macs, count_params
-    from amc.latency import interleaved_latency
+    from amc.latency_runtime import end_to_end
     from amc.models import ModelSpec, build_model
     from amc.pruned import load_checkpoint, load_recorded_splits
     from amc.train import evaluate, resolve_device
@@ -62,24 +69,31 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     top1 = evaluate(model.to(device), splits.test, device)
     base_top1 = None if missing else evaluate(base.to(device), splits.test, device)
 
-    lat = interleaved_latency({"pruned": model, "base": base}, shape, BATCH_SIZES, repeats, warmup)
+    batch_sizes = list(getattr(args, "batch_sizes", BATCH_SIZES))
+    runtime = getattr(args, "runtime", "torch")
+    threads = torch.get_num_threads()
+    # each batch size timed side by side in the runtime, after priming the allocator (amc.latency_runtime)
+    per_batch = {b: end_to_end({"pruned": model, "base": base}, shape, b, runtime, threads, repeats, warmup)
+                 for b in batch_sizes}
+    lat = {name: {b: per_batch[b][name] for b in batch_sizes} for name in ("pruned", "base")}
     res: dict[str, Any] = {
         "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
         "dataset": splits.info.name, "top1": top1, "flops": count_macs(model, shape),
         "params": count_params(model), "file_bytes": (folder / "model.safetensors").stat().st_size,
     }
-    for b in BATCH_SIZES:
+    for b in batch_sizes:
         res[f"latency_ms_b{b}"] = lat["pruned"][b].median_ms
     res.update({"base_top1": base_top1, "base_weights": weights, "base_weights_missing": missing is not None,
                 "base_flops": count_macs(base, shape), "base_params": count_params(base),
                 "base_file_bytes": _safetensors_bytes(base)})
-    for b in BATCH_SIZES:
+    for b in batch_sizes:
         res[f"base_latency_ms_b{b}"] = lat["base"][b].median_ms
-    for b in BATCH_SIZES:
+    for b in batch_sizes:
         res[f"speedup_b{b}"] = lat["base"][b].median_ms / lat["pruned"][b].median_ms
     res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
-                "threads": torch.get_num_threads(), "latency_device": "cpu", "repeats": repeats, "warmup": warmup,
-                "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in BATCH_SIZES}})
+                "threads": threads, "latency_device": "cpu", "runtime": runtime, "batch_sizes": batch_sizes,
+                "repeats": repeats, "warmup": warmup,
+                "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in batch_sizes}})
     emit(res, args.json, _table(res, missing))
     return 0
 
@@ -101,14 +115,14 @@ def _table(r: dict, missing: str | None) -> str:
             ("params", f"{r['params'] / 1e6:.3f}M", f"{r['base_params'] / 1e6:.3f}M", f"{r['params_ratio']:.3f}"),
             ("file", f"{r['file_bytes'] / 1024:.1f} KiB", f"{r['base_file_bytes'] / 1024:.1f} KiB",
              f"{r['file_bytes'] / r['base_file_bytes']:.3f}")]
-    for b in BATCH_SIZES:
+    for b in r["batch_sizes"]:
         rows.append((f"latency b{b}", f"{r[f'latency_ms_b{b}']:.2f} ms", f"{r[f'base_latency_ms_b{b}']:.2f} ms",
                      f"speedup {r[f'speedup_b{b}']:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"{r['checkpoint']} ({r['kind']}, {r['model']}) on the {r['dataset']} test set"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
               for row in rows]
-    lines.append(f"latency: CPU, {r['threads']} thread{'s' if r['threads'] != 1 else ''}, median of "
+    lines.append(f"latency: CPU, {r['runtime']}, {r['threads']} thread{'s' if r['threads'] != 1 else ''}, median of "
                  f"{r['repeats']} runs after {r['warmup']} warm-up runs, base and pruned interleaved")
     if missing:
         lines.append(f"base top-1 n/a: {missing}")

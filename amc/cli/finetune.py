@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from amc.cli.common import add_common, emit, fresh_out_dir, setup_threads
-from amc.options import add_options, values_given
+from amc.options import add_options, bounded, values_given
 from amc.train import TrainConfig
 
 FINETUNE_DEFAULTS = {"lr": 0.01}
@@ -23,11 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "on the test set); the output folder has the same format and rebuilds with "
                                    "amc.load_pruned.")
     p.add_argument("--checkpoint", required=True, help="a folder written by amc prune, finetune or export")
-    p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
+    p.add_argument("--epochs", type=bounded(int, "--epochs", 1), required=True, help="fine-tuning epochs")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, model.json and tb/")
     add_options(p, TrainConfig, skip=("epochs",), defaults=FINETUNE_DEFAULTS)
     p.add_argument("--data-dir", default=None,
                    help="where the data lies (else $AMC_DATA, /usr/share/datasets/fashion-mnist, then download)")
+    p.add_argument("--allow-train-overlap", action="store_true",
+                   help="fine-tune on a checkpoint whose reward set holds images its base model was trained on "
+                        "(refused otherwise; recorded in the output)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**{**FINETUNE_DEFAULTS, **values_given(args, TrainConfig), "device": str(device)}).validate()
     src = Path(args.checkpoint)
     model, meta = load_checkpoint(src)
-    splits = load_recorded_splits(meta, args.data_dir)
+    splits = load_recorded_splits(meta, args.data_dir, check_overlap=True,
+                                  allow_train_overlap=args.allow_train_overlap)
     out = fresh_out_dir(args.out)
     model.to(device)
     before = evaluate(model, splits.reward, device)
@@ -55,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
                    "reward_top1": meta.get("reward_top1"), "test_top1": meta.get("test_top1")},
         "reward_top1_before": before, "reward_top1": result["reward_top1"], "test_top1": test_top1,
         "finetune": {"epochs": args.epochs, "best_epoch": result["epoch"], "config": result["config"],
-                     "history": result["history"], "seconds": round(result["seconds"], 1)},
+                     "history": result["history"], "seconds": round(result["seconds"], 1),
+                     "allow_train_overlap": args.allow_train_overlap},
+        "split": splits.record,  # with train_overlap: how many reward images the base model was trained on
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": "amc " + " ".join(getattr(args, "_argv", [])),
     })

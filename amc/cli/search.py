@@ -11,7 +11,7 @@ import sys
 from amc.cli.common import absolute, add_common, add_spec, emit, setup_threads, spec_from
 from amc.errors import AmcError
 from amc.options import add_options, values_given
-from amc.spec import BUDGET, DATA, MODEL, PRUNER
+from amc.spec import BUDGET, DATA, LATENCY, MODEL, PRUNER
 from agents.config import AGENT, SEARCH, SearchConfig
 
 # options that may go with --resume: they change what is shown, not the search
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "RUN/best_policy.json, ready for: amc prune --policy RUN/best_policy.json. The search "
                     "state is saved after every episode: a search stopped at any moment (Ctrl-C, SIGTERM, "
                     "even kill -9) continues with: amc search --resume RUN")
-    add_spec(p, MODEL, DATA, PRUNER, BUDGET)
+    add_spec(p, MODEL, DATA, PRUNER, BUDGET, LATENCY)
     add_common(p)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", help="run folder for config.json, episodes.jsonl, best_policy.json, tb/, state.pt "

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a base model from scratch",
                        description="Train a model with SGD + cosine schedule; the checkpoint kept is the "
                                    "epoch with the best reward-set accuracy (never chosen on the test set).")
-    add_spec(p, MODEL, DATA, skip=("weights",))
+    add_spec(p, MODEL, DATA, skip=("weights", "allow_train_overlap"))
     add_common(p)
     add_options(p, TrainConfig)
     p.add_argument("--init", default=None,

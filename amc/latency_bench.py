@@ -1,0 +1,197 @@
+"""Predicted vs measured latency: how far to trust a :class:`~amc.latency_table.LatencyModel`.
+
+:func:`predict_vs_measure` draws random policies near a latency budget, plus the uniform
+policy at that budget, builds each slim model and times it end to end in the target runtime,
+interleaved with the unpruned base (:func:`amc.latency_runtime.end_to_end`, which runs
+:func:`amc.latency.interleaved_latency`). It reports, per policy, the predicted and measured
+latency and latency ratio (slim over base), and the absolute relative errors. This backs
+``amc bench latency``.
+"""
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from torch import nn
+
+from amc.budget import round_channels
+from amc.checkpoint import atomic_write_bytes
+from amc.errors import AmcError
+from amc.latency_runtime import OrtModule, end_to_end, prime_allocator, torch_threads
+from amc.latency_table import LatencyModel
+
+
+def uniform_latency_counts(latency: LatencyModel, target: float, channel_round: int = 1) -> list[int]:
+    """The largest uniform preserve ratio whose predicted latency is at or under ``target``
+    of the base (the smallest uniform model when none is)."""
+    groups = latency.graph.groups
+
+    def counts(r: float) -> list[int]:
+        return [round_channels(max(r, 1e-9), g.channels, channel_round) for g in groups]
+
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if latency(counts(mid)) <= target * latency.full else (lo, mid)
+    return counts(lo)
+
+
+def random_latency_policies(latency: LatencyModel, n: int, target: float = 0.5, spread: float = 0.1,
+                            lbound: float = 0.2, channel_round: int = 1, seed: int = 0) -> list[list[int]]:
+    """``n`` random policies, each as close under its own target as bisection gets.
+
+    Each policy draws a target uniformly in ``target +- spread`` (so the points spread over a
+    range of ratios; shifted up to start at the smallest reachable ratio where ``target`` is
+    below it) and random ratios in ``[lbound, 1]``, then scales the ratios until its predicted
+    latency ratio is just at or under that target.
+    """
+    rng = np.random.default_rng(seed)
+    groups = latency.graph.groups
+    # targets below the smallest model would all collapse onto it: spread above it instead
+    lowest = latency.predicted_ratio([round_channels(lbound, g.channels, channel_round) for g in groups])
+    t_lo = min(1.0, max(lowest, target - spread))
+    t_hi = min(1.0, max(target + spread, t_lo + 2 * spread))
+    out = []
+    for _ in range(n):
+        want = float(rng.uniform(t_lo, t_hi))
+        raw = rng.uniform(lbound, 1.0, len(groups))
+
+        def counts(scale: float) -> list[int]:
+            return [round_channels(float(np.clip(r * scale, lbound, 1.0)), g.channels, channel_round)
+                    for r, g in zip(raw, groups)]
+
+        lo, hi = 0.0, 1.0 / raw.min()
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if latency(counts(mid)) <= want * latency.full else (lo, mid)
+        out.append(counts(lo))
+    return out
+
+
+def _summary(errs: Sequence[float]) -> tuple[float, float, float]:
+    e = np.asarray(errs, dtype=np.float64)
+    return float(np.median(e)), float(np.percentile(e, 90)), float(e.max())
+
+
+def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, target: float = 0.5,
+                       spread: float = 0.1, lbound: float = 0.2, channel_round: int | None = None,
+                       runtime: str | None = None, batch: int | None = None, threads: int | None = None,
+                       repeats: int = 10, warmup: int = 3, seed: int = 0, base: nn.Module | None = None,
+                       progress: bool = False, plot: str | Path | None = None) -> dict:
+    """Compare the latency model's predictions with end-to-end measurements.
+
+    Args:
+        pruner: a :class:`amc.pruner.ChannelPruner` (or anything with ``prune(counts,
+            reconstruct=False)``, ``graph``, ``flops`` and ``input_shape``) of the model the
+            latency model was built for.
+        latency: the latency model.
+        policies: random policies, besides the uniform one.
+        target, spread: the policies' predicted latency ratios lie near ``target +- spread``.
+        lbound: the smallest preserve ratio a random policy uses.
+        channel_round: the policies' rounding (default: the one the table was built with).
+        runtime, batch, threads: the target (default: those the table was built for).
+        repeats, warmup: interleaved timing rounds per policy.
+        seed: seed of the random policies.
+        base: the unpruned model (default: ``pruner.model``).
+        progress: show a tqdm bar over the policies.
+        plot: write a predicted-vs-measured scatter PNG here.
+
+    Returns:
+        ``{"runtime", "batch", "threads", "target", "channel_round", "fingerprint_id",
+        "base_predicted_ms", "base_measured_ms", "policies": [{"policy", "counts",
+        "predicted_ms", "measured_ms", "predicted_ratio", "measured_ratio", "flops_ratio",
+        "abs_rel_err", "ratio_abs_rel_err"}], "median_abs_rel_err", "p90_abs_rel_err",
+        "max_abs_rel_err", "ratio_median_abs_rel_err", "ratio_p90_abs_rel_err",
+        "ratio_max_abs_rel_err", "plot"}``. ``abs_rel_err`` compares latencies in ms,
+        ``|predicted - measured| / measured``; ``ratio_abs_rel_err`` compares the slim/base
+        ratios, which machine drift since the table was built does not affect.
+    """
+    from tqdm import tqdm
+
+    meta = latency.meta
+    runtime = runtime or meta.get("runtime")
+    batch = batch or meta.get("batch")
+    threads = threads or meta.get("threads")
+    if runtime is None or batch is None or threads is None:
+        raise AmcError("predict_vs_measure needs the runtime, batch and threads (the latency model does not say)")
+    channel_round = channel_round or meta.get("channel_round") or 1
+    if policies < 0 or not (math.isfinite(target) and 0 < target <= 1):
+        raise AmcError(f"need policies >= 0 and a target in (0, 1], got {policies} and {target}")
+    base = pruner.model if base is None else base
+    input_shape = tuple(pruner.input_shape)
+    plans = [("uniform", uniform_latency_counts(latency, target, channel_round))]
+    plans += [(f"random-{i}", c) for i, c in enumerate(
+        random_latency_policies(latency, policies, target, spread, lbound, channel_round, seed))]
+    rows, base_ms = [], []
+    prime_allocator()
+    with tempfile.TemporaryDirectory(prefix="amc-bench-") as tmp, torch_threads(threads):
+        # exported once: the base is the same model in every interleaved pair
+        timed_base = OrtModule(base, input_shape, batch, threads, Path(tmp)) if runtime == "ort" else base
+        for label, counts in tqdm(plans, disable=not progress, desc="predict vs measure", unit="policy", leave=False):
+            slim = pruner.prune(counts, reconstruct=False)  # weights do not change the speed
+            res = end_to_end({"base": timed_base, "slim": slim}, input_shape, batch, runtime, threads, repeats,
+                             warmup, Path(tmp))
+            b, s = res["base"].median_ms, res["slim"].median_ms
+            base_ms.append(b)
+            pred_ms, pred_ratio = latency(counts), latency.predicted_ratio(counts)
+            rows.append({"policy": label, "counts": list(counts), "predicted_ms": pred_ms, "measured_ms": s,
+                         "predicted_ratio": pred_ratio, "measured_ratio": s / b,
+                         "flops_ratio": pruner.flops(counts) / pruner.flops.full,
+                         "abs_rel_err": abs(pred_ms - s) / s, "ratio_abs_rel_err": abs(pred_ratio - s / b) / (s / b)})
+    med, p90, worst = _summary([r["abs_rel_err"] for r in rows])
+    rmed, rp90, rworst = _summary([r["ratio_abs_rel_err"] for r in rows])
+    out = {"runtime": runtime, "batch": batch, "threads": threads, "target": target, "channel_round": channel_round,
+           "fingerprint_id": meta.get("fingerprint_id"), "base_predicted_ms": latency.full,
+           "base_measured_ms": float(np.median(base_ms)), "policies": rows, "median_abs_rel_err": med,
+           "p90_abs_rel_err": p90, "max_abs_rel_err": worst, "ratio_median_abs_rel_err": rmed,
+           "ratio_p90_abs_rel_err": rp90, "ratio_max_abs_rel_err": rworst, "plot": None}
+    if plot is not None:
+        scatter_png(out, plot)
+        out["plot"] = str(plot)
+    return out
+
+
+def scatter_png(result: dict, path: str | Path) -> None:
+    """Predicted vs measured scatter of a :func:`predict_vs_measure` result, as a PNG.
+
+    Left: latency in ms, with the base; right: ratio to the base. The diagonal is a perfect
+    prediction, the dashed lines +-10%. Drawn with matplotlib's Agg canvas (no display, no
+    global backend switch) and written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = result["policies"]
+    fig = Figure(figsize=(10, 4.6), dpi=110)
+    FigureCanvasAgg(fig)
+    for ax, key, unit in ((fig.add_subplot(1, 2, 1), "ms", "latency (ms)"),
+                          (fig.add_subplot(1, 2, 2), "ratio", "latency ratio (slim / base)")):
+        pts = {"random": [(r[f"predicted_{key}"], r[f"measured_{key}"]) for r in rows if r["policy"] != "uniform"],
+               "uniform": [(r[f"predicted_{key}"], r[f"measured_{key}"]) for r in rows if r["policy"] == "uniform"]}
+        if key == "ms":
+            pts["base"] = [(result["base_predicted_ms"], result["base_measured_ms"])]
+        allv = [v for p in pts.values() for xy in p for v in xy]
+        lo, hi = min(allv) * 0.9, max(allv) * 1.1
+        ax.plot([lo, hi], [lo, hi], color="black", lw=1)
+        for f in (0.9, 1.1):
+            ax.plot([lo, hi], [lo * f, hi * f], color="grey", lw=0.8, ls="--")
+        for label, marker in (("random", "o"), ("uniform", "s"), ("base", "*")):
+            if pts.get(label):
+                xs, ys = zip(*pts[label])
+                ax.scatter(xs, ys, marker=marker, s=60 if marker == "*" else 28, label=label, zorder=3)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel(f"predicted {unit}")
+        ax.set_ylabel(f"measured {unit}")
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{result['runtime']}, batch {result['batch']}, {result['threads']} thread(s): "
+                 f"p90 |rel err| {result['p90_abs_rel_err']:.1%} (ms), {result['ratio_p90_abs_rel_err']:.1%} (ratio)",
+                 fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
