@@ -181,10 +181,13 @@ class ChannelPruningEnv(gym.Env):
         flops, params = self.pruner.flops(counts), self.pruner.params(counts)
         latency = self.pruner.latency
         info: dict[str, Any] = {}
+        latency_us = None
         if latency is not None:  # the table's prediction: recorded with every episode
-            info.update(latency_ms=latency(counts), latency_ratio=latency(counts) / latency.full)
+            ms = latency(counts)
+            info.update(latency_ms=ms, latency_ratio=ms / latency.full)
+            latency_us = 1000.0 * ms
         error = 1.0 - top1 / 100.0
-        reward = self.reward_fn(error, flops, params, self._latency_us(counts))
+        reward = self.reward_fn(error, flops, params, latency_us)
         if not (math.isfinite(top1) and math.isfinite(reward)):
             info["nonfinite"] = {"reward": reward, "reward_top1": top1}
             top1, error, reward = 0.0, 1.0, self.worst_reward
