@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from amc.budget import allowed_counts
+from amc.budget import allowed_counts, round_channels
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 from amc.latency_runtime import (ort_run_overhead_ms, quiet_onnx_export, end_to_end, ort_session, prime_allocator,
@@ -253,11 +253,34 @@ def measure_block(spec: BlockSpec, batch: int, runtime: str = "torch", threads: 
 
 # --------------------------------------------------------------------------- the model
 
+def calibrate(full_ms: float, tables_full: float, half_ms: float | None = None,
+              tables_half: float | None = None) -> tuple[float, float]:
+    """One scale for every table and the remainder: ``measured = remainder + scale * tables``.
+
+    Isolated blocks do not cost what they cost inside the network: each pays boundary costs
+    the network does not (onnxruntime's NCHWc reorders at every block's input and output; on
+    plain20 at batch 64 the isolated blocks summed to 1.7x the model in ort, 1.04x in torch),
+    and a slim network's small layers pay more per channel. Fitting on two whole models, the
+    base and uniform half width, makes both predictions exact and the ones between them
+    linear in the tables. Without the second model, or when the fit is not physical (a
+    negative scale or remainder), the tables are only scaled down to the base, as far as
+    needed. A positive scale keeps every table monotone, so the wall's guarantee holds.
+    """
+    if half_ms is not None and tables_half is not None and tables_full > tables_half > 0 and full_ms > half_ms:
+        scale = (full_ms - half_ms) / (tables_full - tables_half)
+        remainder = full_ms - scale * tables_full
+        if scale > 0 and remainder >= 0:
+            return scale, remainder
+    scale = min(1.0, full_ms / tables_full) if tables_full > 0 else 1.0
+    return scale, max(0.0, full_ms - scale * tables_full)
+
+
 def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequence[int] | None = None,
                         runtime: str = "torch", batch: int = 64, threads: int = 1, channel_round: int = 1,
                         grid_points: int = 6, exact_points: int = 8, cache_dir: str | Path | None = None,
                         use_cache: bool = True, rebuild: bool = False, progress: bool = True, repeats: int = 10,
-                        warmup: int = 2, min_sample_ms: float = 2.0) -> LatencyModel:
+                        warmup: int = 2, min_sample_ms: float = 2.0,
+                        slim: Callable[[list[int]], nn.Module] | None = None) -> LatencyModel:
     """Load the latency model of ``model`` from the cache, or measure and cache it.
 
     Args:
@@ -274,6 +297,9 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         use_cache: read and write the cache; ``rebuild`` measures anew but still writes it.
         progress: show a tqdm bar while measuring.
         repeats, warmup, min_sample_ms: timing rounds per grid point (see :func:`time_interleaved`).
+        slim: builds the slim model for given kept counts (``ChannelPruner.prune`` without
+            reconstruction). With it, the tables are calibrated on two whole models, the base
+            and uniform half width, instead of the base alone (see below).
 
     Returns:
         The model; ``.cache_file`` is the cache path (None without the cache) and
@@ -314,8 +340,10 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         # the whole model is timed before and after the blocks, and the faster median kept: on
         # a shared machine noise only ever adds time, and one slow spell here would bias the
         # remainder, hence every prediction
-        full = end_to_end({"model": model}, input_shape, batch, runtime, threads, max(repeats, 10), warmup,
-                          folder)["model"].median_ms
+        # the calibration models: the base, and uniform half width (where searches look)
+        half = [round_channels(0.5, g.channels, channel_round) for g in graph.groups]
+        whole = {"model": model, **({"half": slim(half)} if slim is not None else {})}
+        first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
         for names in unique.values():
             s = specs[names[0]]
             bar.set_postfix_str(names[0], refresh=False)
@@ -325,26 +353,24 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
                 tables[n] = tab
             bar.update(raw.size)
         bar.set_postfix_str("whole model", refresh=False)
-        full = min(full, end_to_end({"model": model}, input_shape, batch, runtime, threads, max(repeats, 10),
-                                    warmup, folder)["model"].median_ms)
+        again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
+        measured = {n: min(first[n].median_ms, again[n].median_ms) for n in whole}
         bar.update(1)
-    tables_full = sum(tables[n](li.cin, li.cout) for n, li in graph.layers.items())
-    # Isolated blocks can sum to more than the whole model: each pays boundary costs the
-    # network does not (ORT's NCHWc reorders at every block's input and output; measured on
-    # plain20 at batch 64, the isolated blocks summed to 1.7x the model in ort, 1.04x in torch).
-    # Then every table is scaled down by one factor, so that the prediction at full counts is
-    # the measured latency; a positive factor keeps every table monotone.
-    scale = min(1.0, full / tables_full) if tables_full > 0 else 1.0
-    if scale < 1.0:
+    unscaled = LatencyModel(graph, tables)
+    tables_full, tables_half = unscaled(unscaled.full_counts()), unscaled(half)
+    scale, remainder = calibrate(measured["model"], tables_full, measured.get("half"), tables_half)
+    if scale != 1.0:
         scaled = {id(t): LayerTable(t.in_axis, t.out_axis, t.raw_ms * scale) for t in tables.values()}
         tables = {n: scaled[id(t)] for n, t in tables.items()}
+    full = measured["model"]
     meta = {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "runtime": runtime, "batch": batch,
             "threads": threads, "channel_round": channel_round, "grid_points": grid_points,
             "exact_points": exact_points, "input_shape": list(input_shape), "measured_full_ms": full,
             "tables_full_ms": tables_full, "tables_scale": scale,
+            "calibration": {"counts": half, "measured_ms": measured.get("half"), "tables_ms": tables_half},
             "ort_run_overhead_ms": overhead if runtime == "ort" else None,
             "points": n_points, "distinct_blocks": len(unique), "build_seconds": time.perf_counter() - t0}
-    lm = LatencyModel(graph, tables, max(0.0, full - scale * tables_full), meta)
+    lm = LatencyModel(graph, tables, remainder, meta)
     if use_cache:
         save_cached(path, lm)
     lm.cache_file, lm.from_cache = (path if use_cache else None), False

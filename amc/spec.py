@@ -209,13 +209,15 @@ class PruneSpec:
         return Problem(self, pruner, splits, model_spec, weights, bn)
 
 
-    def latency_model(self, pruner, progress: bool = False):
-        """The latency table of this spec's target for ``pruner``'s model (cached on disk)."""
+    def latency_model(self, pruner, progress: bool = False, rebuild: bool = False):
+        """The latency table of this spec's target for ``pruner``'s model (cached on disk;
+        ``rebuild`` measures it again), calibrated on the base and a slim model of ``pruner``."""
         from amc.latency_measure import build_latency_model
 
         return build_latency_model(pruner.model, pruner.graph, pruner.input_shape, self.runtime, self.latency_batch,
                                    self.latency_threads, self.channel_round, cache_dir=self.cache_dir,
-                                   progress=progress)
+                                   rebuild=rebuild, progress=progress,
+                                   slim=lambda counts: pruner.prune(counts, reconstruct=False))
 
 
 def _finite(v: Any) -> bool:

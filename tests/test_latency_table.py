@@ -359,6 +359,39 @@ def test_isolated_blocks_over_the_whole_model_are_scaled_down(tmp_path, fake_tim
     assert lm.full == pytest.approx(0.05)
 
 
+def test_two_whole_models_calibrate_the_tables_exactly(tmp_path, fake_timing, monkeypatch) -> None:
+    """With a slim-model builder the base and uniform half width are both timed, and the
+    prediction equals both measurements: measured = remainder + scale * tables."""
+    from amc.budget import round_channels
+    from amc.pruner import ChannelPruner
+
+    model, _ = tiny_setup()
+    pruner = ChannelPruner(model, INPUT, coupled="shared")
+    monkeypatch.setattr(lm_mod, "end_to_end", lambda models, *a, **k:
+                        {n: Latency(2, [{"model": 100.0, "half": 45.0}[n]]) for n in models})
+    lm = build_latency_model(pruner.model, pruner.graph, batch=2, cache_dir=tmp_path, progress=False,
+                             slim=lambda counts: pruner.prune(counts, reconstruct=False))
+    half = [round_channels(0.5, g.channels, 1) for g in pruner.graph.groups]
+    assert lm.full == pytest.approx(100.0) and lm(half) == pytest.approx(45.0)
+    assert lm.meta["calibration"] == {"counts": half, "measured_ms": 45.0, "tables_ms": pytest.approx(
+        lm.meta["calibration"]["tables_ms"])} and lm.meta["tables_scale"] > 0 and lm.remainder_ms >= 0
+    for tab in lm.tables.values():
+        assert np.all(np.diff(tab.ms, axis=0) >= 0) and np.all(np.diff(tab.ms, axis=1) >= 0)
+
+
+@pytest.mark.parametrize("full, tf, half, th, want", [
+    (100.0, 80.0, 45.0, 30.0, (55 / 50, 100 - 80 * 55 / 50)),  # two points: exact at both
+    (100.0, 80.0, 95.0, 30.0, (0.1, 92.0)),                   # a flat model: small scale, large remainder
+    (100.0, 150.0, 10.0, 30.0, (100 / 150, 0.0)),             # negative remainder: scaled down to the base
+    (100.0, 80.0, None, None, (1.0, 20.0)),                   # one point, tables under the model: remainder
+    (100.0, 80.0, 120.0, 30.0, (1.0, 20.0)),                  # the slim model timed slower: not physical
+])
+def test_calibrate(full, tf, half, th, want) -> None:
+    from amc.latency_measure import calibrate
+
+    assert calibrate(full, tf, half, th) == pytest.approx(want)
+
+
 # --------------------------------------------------------------------------- real timing (tiny)
 
 def test_real_torch_table_of_a_tiny_net(tmp_path) -> None:

@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from amc.latency_measure import build_latency_model
     from amc.pruner import ChannelPruner
 
     setup_threads(args)
@@ -30,9 +29,7 @@ def run(args: argparse.Namespace) -> int:
     splits = spec.load_splits()
     model, model_spec, _ = spec.load_model(splits)
     pruner = ChannelPruner(model.eval(), splits.train.shape, None, coupled=spec.coupled, criterion=spec.criterion)
-    lat = build_latency_model(pruner.model, pruner.graph, pruner.input_shape, spec.runtime, spec.latency_batch,
-                              spec.latency_threads, spec.channel_round, cache_dir=spec.cache_dir,
-                              rebuild=args.rebuild, progress=not args.json)
+    lat = spec.latency_model(pruner, progress=not args.json, rebuild=args.rebuild)
     parts = lat.breakdown()
     res = {"model": model_spec.name, "runtime": spec.runtime, "batch": spec.latency_batch,
            "threads": spec.latency_threads, "channel_round": spec.channel_round,
