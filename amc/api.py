@@ -148,42 +148,66 @@ def read_run(run: str | Path, policy: str | Path | None = None, data_dir: str | 
 
 
 def compare(run: str | Path, policy: str | Path | None = None, data_dir: str | None = None,
-            device: str = "cpu", progress: bool = False, problem: Problem | None = None) -> dict[str, Any]:
+            device: str = "cpu", progress: bool = False, problem: Problem | None = None,
+            latency: bool | None = None, repeats: int = 20,
+            include: Sequence[str] = ("base", "uniform", "AMC")) -> dict[str, Any]:
     """Base, uniform at the run's budget and the run's best policy, pruned by one pruner.
 
-    Reward-set and test top-1, FLOPs and params of each; no fine-tuning. Pass a
-    ``problem`` built from the run's spec to reuse it across runs of one spec.
+    Reward-set and test top-1, FLOPs and params of each; no fine-tuning. Uniform is the
+    largest uniform ratio within the run's budget, in the budget's own resource (FLOPs,
+    params or predicted latency). With ``latency`` (default: when the run's budget is
+    latency) each row also gets the predicted latency ratio of the run's latency target and
+    the measured one: the three models timed end to end, interleaved, in that runtime, batch
+    and thread count, median of ``repeats``. Pass a ``problem`` built from the run's spec to
+    reuse it across runs of one spec. ``include`` picks rows (all three for ``latency``).
     """
+    from amc.latency_runtime import end_to_end
     from amc.train import evaluate, resolve_device
 
     dev = resolve_device(device)
     rec = read_run(run, policy, data_dir)
-    if problem is None or problem.spec != rec.spec:
-        problem = rec.spec.build(progress=progress)
+    spec = rec.spec
+    latency = spec.budget == "latency" if latency is None else latency
+    if latency and set(include) != {"base", "uniform", "AMC"}:
+        raise AmcError("measured latency ratios need all three rows (base, uniform, AMC)")
+    if problem is None or problem.spec != spec:
+        problem = spec.build(progress=progress, latency=latency or None)
     pruner, splits = problem.pruner, problem.splits
-    rows = []
-
-    def row(name: str, net: nn.Module, counts: list[int] | None = None) -> None:
-        net = net.to(dev)
+    if latency and pruner.latency is None:
+        pruner.use_latency(spec.latency_model(pruner, progress))
+    plans = [("base", lambda: None),
+             (f"uniform@{rec.target:g}", lambda: pruner.uniform_counts(rec.target, spec.channel_round, spec.budget)),
+             ("AMC", lambda: policy_counts(problem, str(rec.policy)))]
+    plans = [(name, counts()) for (name, counts), kind in zip(plans, ("base", "uniform", "AMC")) if kind in include]
+    rows, nets = [], {}
+    for name, counts in plans:
+        # evaluate a copy: moving the pruner's own model to the GPU would leave it where the
+        # next prune cannot slice it
+        net = (copy.deepcopy(problem.model) if counts is None else problem.prune(counts)).to(dev)
         r = {"name": name, "reward_top1": evaluate(net, splits.reward, dev),
              "test_top1": evaluate(net, splits.test, dev),
              "flops": pruner.flops(counts) if counts else pruner.flops.full,
              "params": pruner.params(counts) if counts else pruner.params.full}
         r["flops_ratio"], r["params_ratio"] = r["flops"] / pruner.flops.full, r["params"] / pruner.params.full
+        if latency:
+            r["predicted_latency_ratio"] = pruner.latency.predicted_ratio(counts) if counts else 1.0
+            nets[name] = net.cpu()
         rows.append(r)
         if progress:
             print(f"evaluated {name}", file=sys.stderr)
-
-    # evaluate a copy: moving the pruner's own model to the GPU would leave it where the
-    # next prune cannot slice it
-    row("base", copy.deepcopy(problem.model))
-    uniform = pruner.uniform_counts(rec.target, rec.spec.channel_round)
-    row(f"uniform@{rec.target:g}", problem.prune(uniform), uniform)
-    amc_counts = policy_counts(problem, str(rec.policy))
-    row("AMC", problem.prune(amc_counts), amc_counts)
-    return {"run": str(run), "model": problem.model_spec.name, "dataset": rec.spec.dataset,
-            "layers": pruner.num_layers, "reconstruct": rec.spec.reconstruct, "target": rec.target, "rows": rows,
-            "spec": rec.spec.to_dict(), **rec.source}
+    out = {"run": str(run), "model": problem.model_spec.name, "dataset": spec.dataset, "layers": pruner.num_layers,
+           "reconstruct": spec.reconstruct, "budget": spec.budget, "target": rec.target, "rows": rows,
+           "spec": spec.to_dict(), **rec.source}
+    if latency:
+        if progress:
+            print(f"timing the three models ({spec.runtime}, batch {spec.latency_batch}, "
+                  f"{spec.latency_threads} thread(s), {repeats} rounds)", file=sys.stderr)
+        timed = end_to_end(nets, pruner.input_shape, spec.latency_batch, spec.runtime, spec.latency_threads, repeats)
+        for r in rows:
+            r["measured_ms"] = timed[r["name"]].median_ms
+            r["measured_latency_ratio"] = r["measured_ms"] / timed["base"].median_ms
+        out["latency"] = latency_record(pruner.latency)
+    return out
 
 
 def latency_record(latency) -> dict[str, Any]:

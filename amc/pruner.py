@@ -128,21 +128,24 @@ class ChannelPruner:
                 raise AmcError(f"preserve ratios must be in (0, 1], got {r}")
         return [round_channels(r, g.channels, channel_round) for r, g in zip(ratios, self.graph.groups)]
 
-    def uniform_counts(self, target: float, channel_round: int = 1) -> list[int]:
-        """The largest uniform preserve ratio whose FLOPs are at or under ``target`` (a baseline)."""
+    def uniform_counts(self, target: float, channel_round: int = 1, resource: str = "flops") -> list[int]:
+        """The largest uniform preserve ratio whose ``resource`` (flops, params or predicted
+        latency) is at or under ``target`` of the base (a baseline)."""
+        name = "FLOPs" if resource == "flops" else resource
         if not (math.isfinite(target) and 0.0 < target <= 1.0):
-            raise AmcError(f"FLOPs target must be in (0, 1], got {target}")
+            raise AmcError(f"{name} target must be in (0, 1], got {target}")
+        cost = self.resource(resource)
         lo, hi = 0.0, 1.0
-        budget = target * self.flops.full
+        budget = target * cost.full
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.flops(self.counts_from_ratios([max(mid, 1e-9)] * self.num_layers, channel_round)) <= budget:
+            if cost(self.counts_from_ratios([max(mid, 1e-9)] * self.num_layers, channel_round)) <= budget:
                 lo = mid
             else:
                 hi = mid
         counts = self.counts_from_ratios([max(lo, 1e-9)] * self.num_layers, channel_round)
-        if self.flops(counts) > budget:
-            raise AmcError(f"FLOPs target {target} is unreachable by uniform pruning of the prunable layers")
+        if cost(counts) > budget:
+            raise AmcError(f"{name} target {target} is unreachable by uniform pruning of the prunable layers")
         return counts
 
     def describe(self, counts: Sequence[int]) -> dict:

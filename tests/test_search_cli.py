@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -257,7 +258,7 @@ def test_bench_quality_summarises_uniform_random_and_ddpg(setup, tmp_path, capsy
     assert json.loads((out_dir / "summary.json").read_text())["mean"] == summary["mean"]
 
 
-def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup, tmp_path, capsys):
+def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup, tmp_path, capsys, monkeypatch):
     common = ["bench", "quality", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]),
               "--data-dir", str(setup["data"]), "--reward-set-size", "200", "--calib-batches", "2",
               "--calib-batch-size", "20", "--seeds", "0", "1", "--algos", "random", "--episodes", "3",
@@ -271,9 +272,24 @@ def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup
     assert all(r["flops_ratio"] > 0.4 for r in par["runs"]["random"])  # --fill-budget reached the searches
     # a second pass over the same folder only reports the finished searches
     episodes = (tmp_path / "par" / "random-seed0" / "episodes.jsonl").read_text()
+    # ... and evaluates nothing again: base, uniform and each best policy are kept in evaluations.json
+    import amc.train
+
+    monkeypatch.setattr(amc.train, "evaluate", lambda *a, **k: pytest.fail("evaluated again on --resume"))
     assert main(common + ["--jobs", "2", "--resume", "--out", str(tmp_path / "par")]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["mean"] == par["mean"]
+    # recovered, per seed and as mean +- std, on the reward set and on the test set
+    base, uniform = par["base"], par["uniform"]
+    for r, u in zip(par["runs"]["random"], uniform):
+        for k in ("reward", "test"):
+            lost = base[f"{k}_top1"] - u[f"{k}_top1"]  # nan where uniform lost nothing (a tiny model)
+            want = (r[f"{k}_top1"] - u[f"{k}_top1"]) / lost if lost > 0 else math.nan
+            assert r[f"recovered_{k}"] == pytest.approx(want, nan_ok=True)
+    for k in ("recovered_reward", "recovered_test"):
+        recs = [r[k] for r in par["runs"]["random"]]
+        assert par["mean"]["random"][k] == pytest.approx(np.mean(recs), nan_ok=True)
+        assert par["std"]["random"][k] == pytest.approx(np.std(recs, ddof=1), nan_ok=True)
     assert (tmp_path / "par" / "random-seed0" / "episodes.jsonl").read_text() == episodes
 
 
@@ -443,6 +459,37 @@ def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     best = json.loads((run2 / "best_policy.json").read_text())
     assert best["reward"] == pytest.approx((best["reward_top1"] / 100 - 1) * np.log(1000 * best["latency_ms"]))
+
+
+def test_report_of_a_latency_run_uses_uniform_at_the_latency_budget_and_times_the_models(setup, tmp_path, capsys,
+                                                                                          monkeypatch):
+    import amc.spec
+
+    monkeypatch.setattr(amc.spec.PruneSpec, "latency_model", lambda self, pruner, progress=False:
+                        synthetic_latency(pruner))
+    run = tmp_path / "run"
+    assert main(search_args(setup, run, "--budget", "latency", "--target", "0.4", "--fill-budget", "--algo", "random",
+                            "--episodes", "3", "--quiet")) == 0
+    capsys.readouterr()
+    assert main(["report", "--run", str(run), "--repeats", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    base, uniform, amc_row = out["rows"]
+    best = json.loads((run / "best_policy.json").read_text())
+    assert out["budget"] == "latency" and out["latency"]["fingerprint_id"] == "synthetic"
+    assert base["predicted_latency_ratio"] == 1.0 and base["measured_latency_ratio"] == 1.0
+    # uniform is the largest uniform ratio within the latency budget, not the FLOPs one
+    assert 0.3 < uniform["predicted_latency_ratio"] <= 0.4
+    assert amc_row["predicted_latency_ratio"] == pytest.approx(best["latency_ratio"])
+    assert all(r["measured_ms"] > 0 for r in out["rows"])
+    # a FLOPs run reports latency only when asked, and then builds the table of its spec's target
+    run2 = tmp_path / "run2"
+    assert main(search_args(setup, run2, "--algo", "random", "--episodes", "2", "--quiet")) == 0
+    capsys.readouterr()
+    assert main(["report", "--run", str(run2), "--json"]) == 0
+    assert "measured_latency_ratio" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"][0]
+    assert main(["report", "--run", str(run2), "--latency", "--repeats", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "latency pred." in text and "latency: torch, batch 64, 1 thread(s)" in text
 
 
 def test_latency_target_below_the_reachable_minimum_is_refused(setup, tmp_path, capsys, monkeypatch):

@@ -10,16 +10,24 @@ from __future__ import annotations
 import argparse
 
 from amc.cli.common import add_common, emit, setup_threads
+from amc.options import bounded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="results table of a search: base vs. uniform vs. AMC",
                        description="Prune with the uniform policy at the search's budget and with the search's "
                                    "best policy, then report reward-set and test top-1, FLOPs and params next to "
-                                   "the unpruned model (no fine-tuning).")
+                                   "the unpruned model (no fine-tuning). With --latency (on by default for a "
+                                   "latency-budget run), also the predicted and the measured latency ratio of each.")
     p.add_argument("--run", required=True, help="an amc search run folder")
     p.add_argument("--policy", default=None, help="a policy file instead of RUN/best_policy.json")
     p.add_argument("--data-dir", default=None, help="where the data lies, if not where the search found it")
+    p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
+                   help="add predicted and measured latency ratios, timed interleaved in the run's latency "
+                        "target (runtime, batch, threads; the latency table is built or loaded from the cache) "
+                        "(default: on for a --budget latency run)")
+    p.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=20,
+                   help="timing rounds per model with --latency (default 20)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -28,12 +36,21 @@ def run(args: argparse.Namespace) -> int:
     from amc.api import compare
 
     setup_threads(args)
-    res = compare(args.run, args.policy, args.data_dir, args.device, progress=not args.json)
+    res = compare(args.run, args.policy, args.data_dir, args.device, progress=not args.json, latency=args.latency,
+                  repeats=args.repeats)
+    lat = "latency" in res
     lines = [f"{res['model']} on {res['dataset']}, {res['layers']} prunable layers, no fine-tuning "
-             f"(reconstruction {'on' if res['reconstruct'] else 'off'})",
-             f"{'':14} {'reward top-1':>12} {'test top-1':>10} {'MFLOPs':>8} {'FLOPs':>6} {'params':>9} {'params':>6}"]
+             f"(reconstruction {'on' if res['reconstruct'] else 'off'}), {res['budget']} budget {res['target']:g}",
+             f"{'':14} {'reward top-1':>12} {'test top-1':>10} {'MFLOPs':>8} {'FLOPs':>6} {'params':>9} {'params':>6}"
+             + (f" {'latency pred.':>13} {'measured':>8} {'ms':>8}" if lat else "")]
     for r in res["rows"]:
         lines.append(f"{r['name']:14} {r['reward_top1']:11.2f}% {r['test_top1']:9.2f}% {r['flops'] / 1e6:8.2f} "
-                     f"{r['flops_ratio']:6.3f} {r['params']:9d} {r['params_ratio']:6.3f}")
+                     f"{r['flops_ratio']:6.3f} {r['params']:9d} {r['params_ratio']:6.3f}"
+                     + (f" {r['predicted_latency_ratio']:13.3f} {r['measured_latency_ratio']:8.3f} "
+                        f"{r['measured_ms']:8.2f}" if lat else ""))
+    if lat:
+        t = res["latency"]
+        lines.append(f"latency: {t['runtime']}, batch {t['batch']}, {t['threads']} thread(s), ratios to the base; "
+                     f"measured interleaved, median of {args.repeats}")
     emit(res, args.json, "\n".join(lines))
     return 0
