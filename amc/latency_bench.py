@@ -72,6 +72,32 @@ def random_latency_policies(latency: LatencyModel, n: int, target: float = 0.5, 
     return out
 
 
+def uniform_ladder(groups: Sequence[Any], channel_round: int = 1, lbound: float = 0.2,
+                   steps: int = 161) -> list[tuple[float, list[int]]]:
+    """Every distinct uniform model between ``lbound`` and full width at ``channel_round``.
+
+    At a coarse rounding few uniform models exist (plain20 at round 8 has a handful), so a
+    baseline "uniform at the same measured latency" has to be picked among them by measuring
+    each. Returns ``(preserve ratio, counts)`` pairs, smallest ratio first; the ratio is the
+    smallest one on the grid that gives those counts.
+    """
+    seen: dict[tuple[int, ...], float] = {}
+    for r in np.linspace(lbound, 1.0, steps):
+        c = tuple(round_channels(float(r), g.channels, channel_round) for g in groups)
+        seen.setdefault(c, float(r))
+    return [(r, list(c)) for c, r in seen.items()]
+
+
+def nearest_measured(rows: Sequence[dict], label: str, prefix: str = "uniform-") -> dict | None:
+    """The row whose label starts with ``prefix`` and whose measured latency ratio is nearest
+    to that of the row labelled ``label``."""
+    target = next((r for r in rows if r["policy"] == label), None)
+    pool = [r for r in rows if r["policy"].startswith(prefix)]
+    if target is None or not pool:
+        return None
+    return min(pool, key=lambda r: abs(r["measured_ratio"] - target["measured_ratio"]))
+
+
 def _summary(errs: Sequence[float]) -> tuple[float, float, float]:
     e = np.asarray(errs, dtype=np.float64)
     return float(np.median(e)), float(np.percentile(e, 90)), float(e.max())
@@ -81,7 +107,8 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
                        spread: float = 0.1, lbound: float = 0.2, channel_round: int | None = None,
                        runtime: str | None = None, batch: int | None = None, threads: int | None = None,
                        repeats: int = 10, warmup: int = 3, seed: int = 0, base: nn.Module | None = None,
-                       progress: bool = False, plot: str | Path | None = None) -> dict:
+                       progress: bool = False, plot: str | Path | None = None,
+                       extra: Sequence[tuple[str, Sequence[int]]] = ()) -> dict:
     """Compare the latency model's predictions with end-to-end measurements.
 
     Args:
@@ -99,6 +126,8 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
         base: the unpruned model (default: ``pruner.model``).
         progress: show a tqdm bar over the policies.
         plot: write a predicted-vs-measured scatter PNG here.
+        extra: more ``(label, counts)`` policies to time, after the random ones (a searched
+            policy, a uniform ladder from :func:`uniform_ladder`).
 
     Returns:
         ``{"runtime", "batch", "threads", "target", "channel_round", "fingerprint_id",
@@ -126,6 +155,7 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
     plans = [("uniform", uniform_latency_counts(latency, target, channel_round))]
     plans += [(f"random-{i}", c) for i, c in enumerate(
         random_latency_policies(latency, policies, target, spread, lbound, channel_round, seed))]
+    plans += [(label, list(c)) for label, c in extra]
     rows, base_ms = [], []
     prime_allocator()
     with tempfile.TemporaryDirectory(prefix="amc-bench-") as tmp, torch_threads(threads):

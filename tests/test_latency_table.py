@@ -429,3 +429,22 @@ def test_real_ort_table_of_a_tiny_net(tmp_path) -> None:
                              cache_dir=tmp_path, progress=False, repeats=2, warmup=1, min_sample_ms=0.2)
     assert lm.meta["runtime"] == "ort" and lm.meta["fingerprint"]["runtime"] == "ort"
     assert lm.full > 0 and all(np.all(t.ms >= 0) for t in lm.tables.values())
+
+
+def test_uniform_ladder_lists_each_uniform_model_once_and_nearest_picks_by_measured_ratio() -> None:
+    from types import SimpleNamespace
+
+    from amc.latency_bench import nearest_measured, uniform_ladder
+
+    groups = [SimpleNamespace(channels=16), SimpleNamespace(channels=32), SimpleNamespace(channels=64)]
+    ladder = uniform_ladder(groups, channel_round=8, lbound=0.2)
+    counts = [tuple(c) for _, c in ladder]
+    assert len(set(counts)) == len(counts) and counts[0] == (8, 8, 16) and counts[-1] == (16, 32, 64)
+    assert all(c % 8 == 0 for cs in counts for c in cs)
+    assert [r for r, _ in ladder] == sorted(r for r, _ in ladder)
+    # every count vector is monotone along the ladder: a larger ratio never keeps fewer channels
+    assert all(all(a <= b for a, b in zip(x, y)) for x, y in zip(counts, counts[1:]))
+    rows = [{"policy": "policy", "measured_ratio": 0.52}, {"policy": "uniform-0.3", "measured_ratio": 0.40},
+            {"policy": "uniform-0.5", "measured_ratio": 0.58}, {"policy": "random-0", "measured_ratio": 0.52}]
+    assert nearest_measured(rows, "policy")["policy"] == "uniform-0.5"
+    assert nearest_measured(rows, "missing") is None and nearest_measured(rows[:1], "policy") is None

@@ -522,3 +522,18 @@ def test_latency_command_builds_then_loads_its_table_and_bench_compares(setup, t
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(res["policies"]) == 3 and {"median_abs_rel_err", "p90_abs_rel_err", "max_abs_rel_err"} <= res.keys()
     assert res["table_from_cache"] and (tmp_path / "b" / "latency.png").stat().st_size > 1000
+
+    # a searched policy beside every uniform model: the nearest in measured latency is written out
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps([0.5, 1.0, 0.25]))
+    assert main(["bench", "latency", *model, "--policies", "0", "--repeats", "2", "--policy", str(policy),
+                 "--uniform-ladder", "--out", str(tmp_path / "m"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {r["policy"]: r for r in res["policies"]}
+    ladder = [r for name, r in rows.items() if name.startswith("uniform-")]
+    assert "policy" in rows and len(ladder) >= 2 and len({tuple(r["counts"]) for r in ladder}) == len(ladder)
+    near = json.loads((tmp_path / "m" / "nearest_uniform.json").read_text())
+    assert near["label"] == res["nearest_uniform"]["policy"]
+    gap = abs(rows[near["label"]]["measured_ratio"] - rows["policy"]["measured_ratio"])
+    assert all(gap <= abs(r["measured_ratio"] - rows["policy"]["measured_ratio"]) for r in ladder)
+    assert [l["kept"] for l in near["layers"]] == rows[near["label"]]["counts"]

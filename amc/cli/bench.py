@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=10,
                     help="interleaved timing rounds per policy (default 10)")
     pl.add_argument("--policy-seed", type=seed_int, default=0, help="seed of the random policies (default 0)")
+    pl.add_argument("--policy", default=None,
+                    help="also time this policy file (e.g. RUN/best_policy.json), labelled 'policy'")
+    pl.add_argument("--uniform-ladder", action="store_true",
+                    help="also time every distinct uniform model at --channel-round, from --lbound to full "
+                         "width; with --policy, writes OUT/nearest_uniform.json, the uniform policy whose "
+                         "measured latency ratio is nearest the policy's (a baseline at equal latency)")
     pl.add_argument("--out", required=True, help="folder for latency.json and latency.png")
     pl.set_defaults(func=run_latency_bench)
     from amc.cli import bench_correlation, bench_quality
@@ -107,13 +113,27 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     from amc.cli.common import fresh_out_dir
     from amc.latency_bench import predict_vs_measure
 
+    from amc.latency_bench import nearest_measured, uniform_ladder
+    from amc.policy import load_policy, write_policy
+
     setup_threads(args)
     spec = spec_from(args, reconstruct=False)
     out = fresh_out_dir(args.out)
     problem = spec.build(progress=not args.json, latency=True)
-    res = predict_vs_measure(problem.pruner, problem.pruner.latency, args.policies, spec.target, lbound=spec.lbound,
+    pruner = problem.pruner
+    extra = [("policy", load_policy(args.policy, pruner, spec.channel_round))] if args.policy else []
+    if args.uniform_ladder:
+        extra += [(f"uniform-{r:.3f}", c) for r, c in uniform_ladder(pruner.graph.groups, spec.channel_round,
+                                                                      spec.lbound)]
+    res = predict_vs_measure(pruner, pruner.latency, args.policies, spec.target, lbound=spec.lbound,
                              repeats=args.repeats, seed=args.policy_seed, progress=not args.json,
-                             plot=out / "latency.png")
+                             plot=out / "latency.png", extra=extra)
+    near = nearest_measured(res["policies"], "policy") if args.policy and args.uniform_ladder else None
+    if near is not None:
+        write_policy(out / "nearest_uniform.json", pruner, near["counts"], label=near["policy"],
+                     measured_latency_ratio=near["measured_ratio"])
+        res["nearest_uniform"] = {"policy": near["policy"], "measured_ratio": near["measured_ratio"],
+                                  "file": str(out / "nearest_uniform.json")}
     res.update(model=problem.model_spec.name, spec=spec.to_dict(), machine=platform.processor() or platform.machine(),
                table_build_seconds=problem.pruner.latency.meta.get("build_seconds"),
                table_from_cache=problem.pruner.latency.from_cache, command="amc " + " ".join(args._argv))
@@ -126,7 +146,12 @@ def run_latency_bench(args: argparse.Namespace) -> int:
          f"p90 {100 * res['p90_abs_rel_err']:.1f}%, max {100 * res['max_abs_rel_err']:.1f}%\n"
          f"  the same on the ratio to the base: median {100 * res['ratio_median_abs_rel_err']:.1f}%, "
          f"p90 {100 * res['ratio_p90_abs_rel_err']:.1f}%, max {100 * res['ratio_max_abs_rel_err']:.1f}%\n"
-         f"  wrote {out}/latency.json and latency.png")
+         + "".join(f"\n  {r['policy']:16} FLOPs {r['flops_ratio']:.3f}, latency ratio predicted "
+                   f"{r['predicted_ratio']:.3f}, measured {r['measured_ratio']:.3f}"
+                   for r in res["policies"] if r["policy"] == "policy" or r["policy"].startswith("uniform-"))
+         + (f"\n  nearest uniform in measured latency: {near['policy']} -> {out}/nearest_uniform.json"
+            if near is not None else "")
+         + f"\n  wrote {out}/latency.json and latency.png")
     return 0
 
 
