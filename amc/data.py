@@ -124,11 +124,15 @@ class DataSplits:
     reward_index: np.ndarray | None = None
     """Which images of the dataset's training split form the reward set (sorted positions)."""
 
-    def calibration_batches(self, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
-        """Batches of training images (never reward or test images) for reconstruction."""
+    def calibration_indices(self, n_batches: int, batch_size: int, seed: int) -> torch.Tensor:
+        """Which images of :attr:`train` :meth:`calibration_batches` draws (positions in ``train``)."""
         g = torch.Generator().manual_seed(seed + 1)
         n = min(len(self.train), n_batches * batch_size)
-        idx = torch.randperm(len(self.train), generator=g)[:n]
+        return torch.randperm(len(self.train), generator=g)[:n]
+
+    def calibration_batches(self, n_batches: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+        """Batches of training images (never reward or test images) for reconstruction."""
+        idx = self.calibration_indices(n_batches, batch_size, seed)
         x = self.train.normalize(self.train.images[idx])
         return list(x.split(batch_size))
 

@@ -128,6 +128,15 @@ class OrtModule(nn.Module):
         self._x: torch.Tensor | None = None
         self._feed: dict[str, np.ndarray] = {}
 
+    @classmethod
+    def from_file(cls, path: str | Path, threads: int) -> "OrtModule":
+        """An ONNX file as it is (an int8 model from :mod:`amc.quantize`), not exported from torch."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.session = ort_session(Path(path), threads)
+        self._x, self._feed = None, {}
+        return self
+
     def forward(self, x: torch.Tensor) -> Any:
         if x is not self._x:
             self._x, self._feed = x, {"input": np.ascontiguousarray(x.detach().cpu().numpy())}

@@ -51,6 +51,16 @@ def rebuild_pruned(meta: dict) -> nn.Module:
     return slim_model(base, graph, keep)
 
 
+def rebuild_architecture(meta: dict) -> nn.Module:
+    """The (untrained) model a ``model.json`` describes: slim when it records kept channels,
+    else the unpruned model of its spec."""
+    if "channels" in meta:
+        return rebuild_pruned(meta)
+    from amc.models import ModelSpec, build_model
+
+    return build_model(ModelSpec.from_dict(meta["model"]))
+
+
 def load_pruned(path: str | Path) -> nn.Module:
     """Rebuild the model saved in checkpoint folder ``path`` (from prune, finetune or export)."""
     model, _ = load_checkpoint(path)

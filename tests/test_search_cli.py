@@ -242,6 +242,23 @@ def test_report_compares_base_uniform_and_amc(setup, tmp_path, capsys):
     assert amc_row["flops"] == best["flops"]
     assert all(0 <= r[k] <= 100 for r in out["rows"] for k in ("reward_top1", "test_top1"))
 
+    # the int8 row: the best policy pruned, then quantized (a fine-tune would sit between the two)
+    pytest.importorskip("onnxruntime")
+    data = ["--data-dir", str(setup["data"])]
+    assert main(["prune", "--model", f"{setup['model']}:factory", "--weights", str(setup["weights"]), *data,
+                 "--reward-set-size", "200", "--calib-batches", "2", "--calib-batch-size", "20", "--policy",
+                 str(run / "best_policy.json"), "--out", str(tmp_path / "p"), "--json"]) == 0
+    assert main(["quantize", "--checkpoint", str(tmp_path / "p"), *data, "--out", str(tmp_path / "q"),
+                 "--calib-batches", "2", "--calib-batch-size", "8", "--repeats", "1", "--batch-sizes", "2",
+                 "--exporter", "torchscript", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--run", str(run), "--int8", str(tmp_path / "q"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    q = json.loads((tmp_path / "q" / "model.json").read_text())
+    assert [r["name"] for r in rows] == ["base", "uniform@0.5", "AMC", "AMC+int8"]
+    assert rows[3]["test_top1"] == q["test_top1"] and rows[3]["flops"] == amc_row["flops"]
+    assert main(["report", "--run", str(run), "--int8", str(tmp_path / "p")]) == 2  # not a quantized folder
+
 
 def test_bench_quality_summarises_uniform_random_and_ddpg(setup, tmp_path, capsys):
     out_dir = tmp_path / "q"

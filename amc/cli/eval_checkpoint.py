@@ -26,9 +26,10 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                    help="with --checkpoint: timed runs per model and batch size; the median is reported (default 20)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5,
                    help="with --checkpoint: untimed runs per model and batch size first (default 5)")
-    p.add_argument("--runtime", default="torch", choices=["torch", "ort"],
+    p.add_argument("--runtime", default=None, choices=["torch", "ort"],
                    help="with --checkpoint: what times both models: torch (eager, channels-last) or ort "
-                        "(onnxruntime's CPU provider, on each model exported to ONNX) (default torch)")
+                        "(onnxruntime's CPU provider, on each model exported to ONNX) (default torch; ort for "
+                        "an amc quantize folder, whose int8 model runs in onnxruntime)")
     p.add_argument("--batch-sizes", type=bounded(int, "--batch-sizes", 1), nargs="+", default=list(BATCH_SIZES),
                    help="with --checkpoint: batch sizes timed (default 1 64)")
 
@@ -36,9 +37,10 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
 def run_checkpoint(args: argparse.Namespace) -> int:
     from amc.checkpoint import load_state_dict, load_weights_into
     from amc.flops import count_macs, count_params
-    from amc.latency_runtime import end_to_end
+    from amc.latency_runtime import OrtModule, end_to_end
     from amc.models import ModelSpec, build_model
-    from amc.pruned import load_checkpoint, load_recorded_splits
+    from amc.pruned import load_checkpoint, load_recorded_splits, rebuild_architecture
+    from amc.quantize import INT8_FILE, ort_top1
     from amc.train import evaluate, resolve_device
 
     repeats, warmup = getattr(args, "repeats", 20), getattr(args, "warmup", 5)
@@ -48,7 +50,23 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         raise AmcError(f"--warmup must be >= 0, got {warmup}")
     device = resolve_device(args.device)
     folder = Path(args.checkpoint)
-    model, meta = load_checkpoint(folder)
+    meta = _quantized_meta(folder)
+    runtime = getattr(args, "runtime", None)
+    quantized = meta is not None
+    if quantized:  # an amc quantize folder: the int8 ONNX model, run and timed in onnxruntime
+        if runtime == "torch":
+            raise AmcError(f"{folder} holds an int8 ONNX model, which runs in onnxruntime: use --runtime ort")
+        runtime = "ort"
+        int8 = folder / INT8_FILE
+        if not int8.is_file():
+            raise AmcError(f"{int8} is missing")
+        fp32_slim = rebuild_architecture(meta)  # for FLOPs and params
+        model = OrtModule.from_file(int8, torch.get_num_threads())
+        file_bytes = int8.stat().st_size
+    else:
+        model, meta = load_checkpoint(folder)
+        fp32_slim, file_bytes = model, (folder / "model.safetensors").stat().st_size
+    runtime = runtime or "torch"
     shape = tuple(int(d) for d in meta["input_shape"])
 
     base = build_model(ModelSpec.from_dict(meta["model"]))
@@ -66,11 +84,13 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                          "latency need only the architecture)\n")
 
     splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
-    top1 = evaluate(model.to(device), splits.test, device)
+    if quantized:
+        top1 = ort_top1(folder / INT8_FILE, splits.test, torch.get_num_threads())[0]
+    else:
+        top1 = evaluate(model.to(device), splits.test, device)
     base_top1 = None if missing else evaluate(base.to(device), splits.test, device)
 
     batch_sizes = list(getattr(args, "batch_sizes", BATCH_SIZES))
-    runtime = getattr(args, "runtime", "torch")
     threads = torch.get_num_threads()
     # each batch size timed side by side in the runtime, after priming the allocator (amc.latency_runtime)
     per_batch = {b: end_to_end({"pruned": model, "base": base}, shape, b, runtime, threads, repeats, warmup)
@@ -78,8 +98,8 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     lat = {name: {b: per_batch[b][name] for b in batch_sizes} for name in ("pruned", "base")}
     res: dict[str, Any] = {
         "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
-        "dataset": splits.info.name, "top1": top1, "flops": count_macs(model, shape),
-        "params": count_params(model), "file_bytes": (folder / "model.safetensors").stat().st_size,
+        "dataset": splits.info.name, "top1": top1, "flops": count_macs(fp32_slim, shape),
+        "params": count_params(fp32_slim), "file_bytes": file_bytes,
     }
     for b in batch_sizes:
         res[f"latency_ms_b{b}"] = lat["pruned"][b].median_ms
@@ -96,6 +116,16 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                 "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in batch_sizes}})
     emit(res, args.json, _table(res, missing))
     return 0
+
+
+def _quantized_meta(folder: Path) -> dict | None:
+    """``model.json`` of an ``amc quantize`` folder, or None for any other folder."""
+    from amc.checkpoint import read_json
+
+    if not (folder / "model.json").is_file():
+        return None
+    meta = read_json(folder / "model.json")
+    return meta if isinstance(meta, dict) and meta.get("kind") == "quantized" else None
 
 
 def _safetensors_bytes(model: torch.nn.Module) -> int:
