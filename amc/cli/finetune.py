@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "training loop of amc train, on the data split recorded in the checkpoint. "
                                    "The epoch kept is the one with the best reward-set accuracy (never chosen "
                                    "on the test set); the output folder has the same format and rebuilds with "
-                                   "amc.load_pruned.")
+                                   "amc.load_pruned. Data-parallel on several processes or GPUs: torchrun "
+                                   "--nproc-per-node N -m amc finetune ... (--batch-size stays the global batch, "
+                                   "so the schedule and the result are those of one process; rank 0 writes).")
     p.add_argument("--checkpoint", required=True, help="a folder written by amc prune, finetune or export")
     p.add_argument("--epochs", type=bounded(int, "--epochs", 1), required=True, help="fine-tuning epochs")
     p.add_argument("--out", required=True, help="output folder for model.safetensors, model.json and tb/")
@@ -36,20 +38,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from amc import distributed
+
+    try:
+        return _run(args, distributed.init(args.device))
+    finally:
+        distributed.finish()
+
+
+def _run(args: argparse.Namespace, ranks) -> int:
+    import torch
+
     from amc.pruned import load_checkpoint, load_recorded_splits, save_pruned
     from amc.train import evaluate, resolve_device, train
 
     setup_threads(args)
     device = resolve_device(args.device)
+    if device.type == "cuda" and ranks.world > 1:
+        device = torch.device("cuda", ranks.local_rank)
     cfg = TrainConfig(**{**FINETUNE_DEFAULTS, **values_given(args, TrainConfig), "device": str(device)}).validate()
     src = Path(args.checkpoint)
     model, meta = load_checkpoint(src)
     splits = load_recorded_splits(meta, args.data_dir, check_overlap=True,
                                   allow_train_overlap=args.allow_train_overlap)
-    out = fresh_out_dir(args.out)
+    # under torchrun, rank 0 alone owns the output folder, the TensorBoard log and the printout
+    out = fresh_out_dir(args.out) if ranks.main else None
     model.to(device)
     before = evaluate(model, splits.reward, device)
-    result = train(model, splits, cfg, out_dir=out, progress=not args.json)
+    result = train(model, splits, cfg, out_dir=out, progress=ranks.main and not args.json)
+    if not ranks.main:
+        return 0
     test_top1 = evaluate(model, splits.test, device)
     model.cpu()
     new = {k: v for k, v in meta.items() if k not in ("onnx",)}  # an ONNX file describes the old weights
@@ -60,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         "reward_top1_before": before, "reward_top1": result["reward_top1"], "test_top1": test_top1,
         "finetune": {"epochs": args.epochs, "best_epoch": result["epoch"], "config": result["config"],
                      "history": result["history"], "seconds": round(result["seconds"], 1),
-                     "allow_train_overlap": args.allow_train_overlap},
+                     "allow_train_overlap": args.allow_train_overlap,
+                     **({"distributed": result["distributed"]} if "distributed" in result else {})},
         "split": splits.record,  # with train_overlap: how many reward images the base model was trained on
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": "amc " + " ".join(getattr(args, "_argv", [])),
