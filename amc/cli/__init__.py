@@ -19,13 +19,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from amc.cli import bench, eval as eval_cmd, export, finetune, latency, prune, quantize, report, search, train
+    from amc.cli import (bench, eval as eval_cmd, export, finetune, latency, prune, quantize, report, search, sweep,
+                         train)
 
     parser = _Parser(prog="amc", description="AMC: AutoML for Model Compression. Prune a trained CNN "
                      "to a FLOPs budget with a DDPG agent, then fine-tune, export and measure it.")
     parser.add_argument("--version", action="version", version="amc 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (train, eval_cmd, prune, search, report, finetune, export, quantize, latency, bench):
+    for module in (train, eval_cmd, prune, search, report, finetune, export, quantize, latency, bench, sweep):
         module.register(sub)
     return parser
 

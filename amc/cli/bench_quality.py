@@ -1,6 +1,7 @@
 """``amc bench quality``: uniform vs. random search vs. DDPG, over seeds, without fine-tuning.
 
-For each algorithm and seed it runs a search (the same episode budget for all), then
+For each algorithm and seed it runs a search (the same episode budget for all), as local
+processes (`amc sweep` runs them on Ray), then
 :func:`amc.api.compare` prunes with the uniform policy and the search's best policy by one
 pruner. Reward-set accuracy decides; the test set is the headline, so "recovered" (the share
 of uniform's loss won back) is given on both, per seed and as mean +- std. Evaluations are
@@ -10,19 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import signal
-import statistics
 import sys
 import threading
 import time
 from pathlib import Path
 
 from agents.config import AGENT, SEARCH, SearchConfig
-from amc.checkpoint import atomic_write_json
-from amc.cli.common import absolute, add_common, add_spec, emit, fresh_out_dir, setup_threads, spec_from
+from agents.quality import summarize, summary_table
+from amc.cli.common import (absolute, add_common, add_spec, emit, fresh_out_dir, out_or_resume, setup_threads,
+                            spec_from)
 from amc.errors import AmcError
 from amc.options import add_options, bounded, seed_int, values_given
 from amc.runlock import FolderLock
@@ -108,12 +108,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(base_cfg, algo=algo, warmup=base_cfg.warmup if algo != "random" else 0)
             cfg.validate()  # every bad setting is refused before the first search starts
             jobs.append((seed, algo, spec.replace(seed=seed), cfg, str(Path(args.out) / f"{algo}-seed{seed}")))
-    if args.resume:
-        out = Path(args.out)
-        if not out.is_dir():
-            raise AmcError(f"--resume: {out} is not a folder of amc bench quality")
-    else:
-        out = fresh_out_dir(args.out)
+    out = out_or_resume(args.out, args.resume, "amc bench quality")
     with FolderLock(out):  # one benchmark per folder (each search also locks its own run folder)
         if not args.resume:
             fresh_out_dir(args.out)  # again, locked: no other benchmark began here meanwhile
@@ -178,52 +173,6 @@ def _run_parallel(args: argparse.Namespace, jobs: list, t0: float) -> dict[tuple
     return searches
 
 
-class _Evaluations:
-    """Rows of :func:`amc.api.compare` kept in ``OUT/evaluations.json``, so that a rerun with
-    ``--resume`` evaluates nothing twice. A row's key holds everything it depends on: the
-    seed's spec (whose seed also seeds calibration) and, for a searched policy, the policy file."""
-
-    def __init__(self, out: Path, device: str, progress: bool) -> None:
-        self.path, self.device, self.progress = out / "evaluations.json", device, progress
-        try:
-            self.rows = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            sys.stderr.write(f"warning: {self.path} is torn; its evaluations are done again\n")
-            self.rows = {}
-        self.problems: dict[str, object] = {}  # runs of one seed share the spec, so they share one pruner
-
-    def get(self, spec, run_dir: str, include: tuple[str, ...]) -> list[dict]:
-        from amc.api import compare
-
-        what = {"spec": spec.to_dict(), "include": include}
-        if "AMC" in include:
-            what["policy"] = (Path(run_dir) / "best_policy.json").read_text(encoding="utf-8")
-        key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
-        if key not in self.rows:
-            spec_key = json.dumps(spec.to_dict(), sort_keys=True)
-            if spec_key not in self.problems:
-                self.problems[spec_key] = spec.build(progress=self.progress)
-            rep = compare(run_dir, device=self.device, problem=self.problems[spec_key], latency=False,
-                          include=include)
-            self.rows[key] = rep["rows"]
-            atomic_write_json(self.path, self.rows)
-        return self.rows[key]
-
-
-def _recovered(row: dict, uniform: dict, base: dict, key: str) -> float:
-    """The share of uniform's loss (against the base) that ``row`` wins back, on ``key``."""
-    lost = base[key] - uniform[key]
-    return (row[key] - uniform[key]) / lost if lost > 0 else float("nan")
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one seed; nan propagates, as for a model uniform did not hurt)."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
 def _run(args: argparse.Namespace, spec, base_cfg: SearchConfig, jobs: list, out: Path) -> int:
     t0 = time.perf_counter()
     searches: dict[tuple[int, str], dict] = {}
@@ -233,44 +182,10 @@ def _run(args: argparse.Namespace, spec, base_cfg: SearchConfig, jobs: list, out
             searches[seed, algo] = _search_job(seed_spec, cfg, run_dir, args.resume, not args.json)
     else:
         searches = _run_parallel(args, jobs, t0)
-    evals = _Evaluations(out, args.device, not args.json)
-    results: dict[str, list[dict]] = {a: [] for a in args.algos}
-    uniform: dict[int, dict] = {}
-    base = None
-    for seed, algo, seed_spec, _, run_dir in jobs:
-        search = searches[seed, algo]
-        if seed not in uniform:  # the uniform row depends on the calibration seed only
-            base, uniform[seed] = evals.get(seed_spec, run_dir, ("base", "uniform"))
-        (amc_row,) = evals.get(seed_spec, run_dir, ("AMC",))
-        results[algo].append({"seed": seed, **amc_row, "best_episode": search["best_episode"],
-                              "seconds": search["seconds"],
-                              **{f"recovered_{k}": _recovered(amc_row, uniform[seed], base, f"{k}_top1")
-                                 for k in ("reward", "test")}})
-    summary = {"model": spec.model, "dataset": spec.dataset, "budget": spec.budget, "target": spec.target,
-               "episodes": base_cfg.episodes, "fill_budget": spec.fill_budget, "jobs": args.jobs,
-               "spec": spec.to_dict(), "warmup": base_cfg.warmup, "seeds": args.seeds, "base": base,
-               "uniform": list(uniform.values()), "runs": results, "seconds": round(time.perf_counter() - t0, 1),
-               "command": "amc " + " ".join(args._argv)}
-    keys = ("reward_top1", "test_top1", "flops_ratio")
-    summary["mean"] = {"uniform": {k: statistics.fmean(u[k] for u in uniform.values()) for k in keys}}
-    summary["std"] = {"uniform": {k: _mean_std([u[k] for u in uniform.values()])[1] for k in keys}}
-    for algo, rows in results.items():
-        stats = {k: _mean_std([r[k] for r in rows]) for k in (*keys, "recovered_reward", "recovered_test")}
-        summary["mean"][algo] = {k: m for k, (m, _) in stats.items()}
-        summary["std"][algo] = {k: sd for k, (_, sd) in stats.items()}
-        summary["mean"][algo]["recovered"] = summary["mean"][algo]["recovered_reward"]  # the older key
-    atomic_write_json(out / "summary.json", summary)
-    m, sd = summary["mean"], summary["std"]
-    lines = [f"{spec.model}, {spec.budget} budget {spec.target:g}, {base_cfg.episodes} episodes, seeds {args.seeds}, "
-             "no fine-tuning; mean +- std over seeds; recovered: the share of uniform's loss won back, per seed",
-             f"{'':10} {'reward top-1':>16} {'test top-1':>16} {'recovered (reward)':>19} {'recovered (test)':>17}",
-             f"{'base':10} {base['reward_top1']:15.2f}% {base['test_top1']:15.2f}%",
-             f"{'uniform':10} {m['uniform']['reward_top1']:8.2f} +- {sd['uniform']['reward_top1']:4.2f} "
-             f"{m['uniform']['test_top1']:8.2f} +- {sd['uniform']['test_top1']:4.2f}"]
-    for algo in args.algos:
-        a, d = m[algo], sd[algo]
-        lines.append(f"{algo:10} {a['reward_top1']:8.2f} +- {d['reward_top1']:4.2f} {a['test_top1']:8.2f} +- "
-                     f"{d['test_top1']:4.2f} {100 * a['recovered_reward']:11.0f}% +- {100 * d['recovered_reward']:3.0f} "
-                     f"{100 * a['recovered_test']:9.0f}% +- {100 * d['recovered_test']:3.0f}")
-    emit(summary, args.json, "\n".join(lines))
+    summary = summarize(spec, base_cfg, args.seeds, args.algos,
+                        [(seed, algo, seed_spec, run_dir) for seed, algo, seed_spec, _, run_dir in jobs], searches,
+                        out, args.device, not args.json,
+                        {"jobs": args.jobs, "seconds": round(time.perf_counter() - t0, 1),
+                         "command": "amc " + " ".join(args._argv)})
+    emit(summary, args.json, summary_table(summary))
     return 0

@@ -53,6 +53,16 @@ def fresh_out_dir(path: str) -> Path:
     return fresh_dir(path, "--out")
 
 
+def out_or_resume(path: str, resume: bool, command: str) -> Path:
+    """``--out`` of a command that can ``--resume``: an existing folder when resuming, else a fresh one."""
+    if resume:
+        out = Path(path)
+        if not out.is_dir():
+            raise AmcError(f"--resume: {out} is not a folder of {command}")
+        return out
+    return fresh_out_dir(path)
+
+
 def emit(result: dict[str, Any], as_json: bool, table: str | None = None) -> None:
     """Print ``table`` for people, or ``result`` as the last line of stdout for machines."""
     if as_json:
