@@ -22,7 +22,7 @@ def add_latency_target(p: argparse.ArgumentParser) -> None:
     from amc.spec import DATA, LATENCY, MODEL, PRUNER
 
     add_spec(p, MODEL, DATA, LATENCY)
-    add_options(p, PruneSpec, [PRUNER], only=("channel_round",))
+    add_options(p, PruneSpec, [PRUNER], only=("channel_round", "coupled"))
 
 
 def spec_from(args: argparse.Namespace, **fixed: Any) -> PruneSpec:
