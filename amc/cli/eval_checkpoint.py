@@ -26,7 +26,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                    help="with --checkpoint: timed runs per model and batch size; the median is reported (default 20)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5,
                    help="with --checkpoint: untimed runs per model and batch size first (default 5)")
-    p.add_argument("--runtime", default=None, choices=["torch", "ort"],
+    # its own dest: amc eval --model builds a PruneSpec from the options, whose runtime means the latency target
+    p.add_argument("--runtime", dest="timing_runtime", default=None, choices=["torch", "ort"],
                    help="with --checkpoint: what times both models: torch (eager, channels-last) or ort "
                         "(onnxruntime's CPU provider, on each model exported to ONNX) (default torch; ort for "
                         "an amc quantize folder, whose int8 model runs in onnxruntime)")
@@ -51,7 +52,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     folder = Path(args.checkpoint)
     meta = _quantized_meta(folder)
-    runtime = getattr(args, "runtime", None)
+    runtime = getattr(args, "timing_runtime", None)
     quantized = meta is not None
     if quantized:  # an amc quantize folder: the int8 ONNX model, run and timed in onnxruntime
         if runtime == "torch":
