@@ -60,6 +60,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "measured latency ratio is nearest the policy's (a baseline at equal latency)")
     pl.add_argument("--out", required=True, help="folder for latency.json and latency.png")
     pl.set_defaults(func=run_latency_bench)
+    pc = bsub.add_parser("coverage", help="which torchvision models amc prunes end to end",
+                         description="For every torchvision classification model with at most --max-params "
+                                     "parameters (built without weights; synthetic input at the smallest size its "
+                                     "weights declare, at least 32 pixels): the prunable layers, the smallest "
+                                     "FLOPs ratio reachable (every layer at --lbound), slim/masked parity at "
+                                     "uniform 0.5, ONNX export checked in onnxruntime, and the error where a step "
+                                     "fails. Writes OUT/coverage.json and OUT/coverage.md.")
+    pc.add_argument("--max-params", type=bounded(float, "--max-params", 0, lo_open=True), default=30.0,
+                    help="largest model tried, in millions of parameters (default 30)")
+    pc.add_argument("--models", nargs="+", default=None, help="only these torchvision names (default: all)")
+    pc.add_argument("--lbound", type=bounded(float, "--lbound", 0, 1, lo_open=True), default=0.2,
+                    help="the lower bound of the smallest reachable model (default 0.2)")
+    pc.add_argument("--coupled", default="skip", choices=["skip", "shared"],
+                    help="residual-tied channels: left alone (skip) or pruned as one group (shared) (default skip)")
+    pc.add_argument("--out", required=True, help="folder for coverage.json and coverage.md")
+    add_common(pc)
+    pc.set_defaults(func=run_coverage)
     from amc.cli import bench_correlation, bench_quality
 
     bench_quality.register(bsub)
@@ -201,4 +218,36 @@ def run_search_bench(args: argparse.Namespace) -> int:
          f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
          f"{wall:.1f} s with start-up and set-up)\n"
          f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache {out_res['feature_cache_mib']:.1f} MiB")
+    return 0
+
+
+def run_coverage(args: argparse.Namespace) -> int:
+    from amc.checkpoint import atomic_write_bytes, atomic_write_json
+    from amc.cli.common import fresh_out_dir
+    from amc.coverage import check_model, coverage_table, torchvision_models
+    from amc.errors import AmcError
+
+    setup_threads(args)
+    models = torchvision_models(int(args.max_params * 1e6))
+    if args.models:
+        known = {m[0] for m in torchvision_models()}
+        unknown = [m for m in args.models if m not in known]
+        if unknown:
+            raise AmcError(f"not a torchvision classification model: {unknown[0]}")
+        models = [m for m in models if m[0] in args.models]
+        if not models:
+            raise AmcError(f"every model named is over --max-params {args.max_params:g}M")
+    out = fresh_out_dir(args.out)
+    rows = []
+    for i, (name, params, size) in enumerate(models):
+        if not args.json:
+            print(f"[{i + 1}/{len(models)}] {name} at {size}x{size}", file=sys.stderr)
+        rows.append({**check_model(name, size, args.lbound, args.coupled), "params": params})
+        atomic_write_json(out / "coverage.json", {"rows": rows, "max_params_m": args.max_params,
+                                                   "lbound": args.lbound, "coupled": args.coupled})
+    table = coverage_table(rows)
+    atomic_write_bytes(out / "coverage.md", (table + "\n").encode())
+    res = {"rows": rows, "models": len(rows), "pruned_end_to_end": sum(bool(r["parity"] and r["onnx"]) for r in rows),
+           "out": str(out)}
+    emit(res, args.json, table + f"\n{res['pruned_end_to_end']} of {len(rows)} models pruned end to end")
     return 0
