@@ -11,7 +11,8 @@ For each model (built without weights, so nothing is downloaded) :func:`check_mo
 
 Models run on synthetic images at the smallest input their torchvision weights declare
 (``meta["min_size"]``), at least 32 pixels. The parameter count, also from the weights'
-metadata, bounds which models are tried (``max_params``).
+metadata, bounds which models are tried (``max_params``). Each model is checked in a child
+process (:func:`check_model_isolated`): one that crashes or hangs is a row, not the end.
 """
 from __future__ import annotations
 
@@ -88,6 +89,40 @@ def check_model(name: str, size: int, lbound: float = 0.2, coupled: str = "skip"
         rec["error"] = _line(e)
     rec["stage"] = stage
     rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
+def _child(queue: Any, args: tuple) -> None:
+    queue.put(check_model(*args))
+
+
+def check_model_isolated(name: str, size: int, lbound: float = 0.2, coupled: str = "skip",
+                         timeout: float = 600.0) -> dict[str, Any]:
+    """:func:`check_model` in a child process, so that a model that crashes the interpreter
+    (Torch-Pruning's shape inference recursing past the C stack on Swin) or hangs is a row
+    of the table too."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(q, (name, size, lbound, coupled)), daemon=True)
+    t0 = time.perf_counter()
+    proc.start()
+    try:
+        rec = q.get(timeout=timeout)
+    except queue_mod.Empty:
+        rec = None
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if rec is None:
+        why = (f"no result within {timeout:g} s" if proc.exitcode in (None, -9) and time.perf_counter() - t0 >= timeout
+               else f"the check crashed the process (exit code {proc.exitcode})")
+        rec = {"model": name, "input_size": size, "prunable_layers": None, "skipped": None, "min_flops_ratio": None,
+               "parity": None, "onnx": None, "error": why, "stage": "graph",
+               "seconds": round(time.perf_counter() - t0, 1)}
     return rec
 
 

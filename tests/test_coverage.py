@@ -46,3 +46,13 @@ def test_every_torchvision_model_up_to_30m_parameters(tmp_path: Path, capsys) ->
     for name in END_TO_END:
         assert rows[name]["parity"] and rows[name]["onnx"], rows[name]
     assert all(r["error"] or (r["parity"] is not None) for r in rows.values())
+
+
+def test_a_crash_or_a_hang_is_a_row(monkeypatch) -> None:
+    """check_model runs in a child: a model that kills the interpreter is recorded, not fatal."""
+    from amc import coverage
+
+    rec = coverage.check_model_isolated("no_such_model_at_all", 32, timeout=60)
+    assert rec["error"] and rec["stage"] == "build"  # an ordinary failure comes back from the child
+    rec = coverage.check_model_isolated("resnet18", 32, timeout=0.01)
+    assert rec["error"].startswith("no result within") or "crashed" in rec["error"]

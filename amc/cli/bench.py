@@ -74,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the lower bound of the smallest reachable model (default 0.2)")
     pc.add_argument("--coupled", default="skip", choices=["skip", "shared"],
                     help="residual-tied channels: left alone (skip) or pruned as one group (shared) (default skip)")
+    pc.add_argument("--timeout", type=bounded(float, "--timeout", 0, lo_open=True), default=600.0,
+                    help="seconds per model before it is recorded as hanging (default 600)")
     pc.add_argument("--out", required=True, help="folder for coverage.json and coverage.md")
     add_common(pc)
     pc.set_defaults(func=run_coverage)
@@ -224,7 +226,7 @@ def run_search_bench(args: argparse.Namespace) -> int:
 def run_coverage(args: argparse.Namespace) -> int:
     from amc.checkpoint import atomic_write_bytes, atomic_write_json
     from amc.cli.common import fresh_out_dir
-    from amc.coverage import check_model, coverage_table, torchvision_models
+    from amc.coverage import check_model_isolated, coverage_table, torchvision_models
     from amc.errors import AmcError
 
     setup_threads(args)
@@ -242,7 +244,7 @@ def run_coverage(args: argparse.Namespace) -> int:
     for i, (name, params, size) in enumerate(models):
         if not args.json:
             print(f"[{i + 1}/{len(models)}] {name} at {size}x{size}", file=sys.stderr)
-        rows.append({**check_model(name, size, args.lbound, args.coupled), "params": params})
+        rows.append({**check_model_isolated(name, size, args.lbound, args.coupled, args.timeout), "params": params})
         atomic_write_json(out / "coverage.json", {"rows": rows, "max_params_m": args.max_params,
                                                    "lbound": args.lbound, "coupled": args.coupled})
     table = coverage_table(rows)
