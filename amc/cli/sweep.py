@@ -76,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         results = run_trials(trials, args.address, args.cpus, args.cpus_per_trial, args.gpus_per_trial,
                              log=(lambda m: None) if args.json else _log)
+        trials_wall = time.perf_counter() - t0
         summaries = summarize_groups(trials, results, out.resolve(), args.device, not args.json,
                                      {"command": "amc " + " ".join(getattr(args, "_argv", []))})
         summary = {"groups": summaries, "trials": len(trials), "address": args.address,
                    "cpus_per_trial": args.cpus_per_trial, "gpus_per_trial": args.gpus_per_trial,
-                   "wall_seconds": round(time.perf_counter() - t0, 1),
+                   "trials_wall_seconds": round(trials_wall, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
                    "search_seconds": round(sum(r["seconds"] for r in results.values()), 1)}
         atomic_write_json(out / "summary.json", summary)
     from agents.quality import summary_table
