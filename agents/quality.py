@@ -64,6 +64,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def algo_config(cfg: Any, algo: str, **changes: Any) -> Any:
+    """``cfg`` for one algorithm of a study, checked: random search has no warm-up to spend."""
+    import dataclasses
+
+    out = dataclasses.replace(cfg, algo=algo, warmup=cfg.warmup if algo != "random" else 0, **changes)
+    out.validate()  # every bad setting is refused before the first search starts
+    return out
+
+
 def summarize(spec: Any, cfg: Any, seeds: Sequence[int], algos: Sequence[str],
               jobs: Sequence[tuple[int, str, Any, str]], searches: dict[tuple[int, str], dict], out: Path,
               device: str = "cpu", progress: bool = False, extra: dict | None = None) -> dict:

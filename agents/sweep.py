@@ -10,7 +10,6 @@ gets the ``summary.json`` of ``amc bench quality`` (:mod:`agents.quality`).
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agents.config import SearchConfig
+from agents.quality import algo_config
 from amc.errors import AmcError
 from amc.spec import PruneSpec
 
@@ -55,9 +55,7 @@ def plan(spec: PruneSpec, cfg: SearchConfig, models: Sequence[str], targets: Seq
             for seed in seeds:
                 for algo in algos:
                     s = spec.replace(model=model, target=target, seed=seed).validate()
-                    c = dataclasses.replace(cfg, algo=algo, warmup=cfg.warmup if algo != "random" else 0,
-                                            threads=cpus_per_trial)
-                    c.validate()
+                    c = algo_config(cfg, algo, threads=cpus_per_trial)
                     trials.append(Trial(group, algo, seed, s, c, str(Path(out) / group / f"{algo}-seed{seed}")))
     return trials
 

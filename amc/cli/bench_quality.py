@@ -10,7 +10,6 @@ kept in ``OUT/evaluations.json``: a rerun with ``--resume`` redoes none of them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 from agents.config import AGENT, SEARCH, SearchConfig
-from agents.quality import summarize, summary_table
+from agents.quality import algo_config, summarize, summary_table
 from amc.cli.common import (absolute, add_common, add_spec, emit, fresh_out_dir, out_or_resume, setup_threads,
                             spec_from)
 from amc.errors import AmcError
@@ -35,13 +34,7 @@ def register(bsub: argparse._SubParsersAction) -> None:
                                     "the same spec, then reports reward-set and test top-1 of uniform, each "
                                     "algorithm's best policy, their mean over seeds, and the share of uniform's "
                                     "loss recovered. --seed is replaced by each of --seeds.")
-    add_spec(p, MODEL, DATA, PRUNER, BUDGET, LATENCY, skip=("seed",))
-    add_common(p)
-    add_options(p, SearchConfig, [SEARCH], skip=("algo", "save_every"))
-    add_options(p.add_argument_group("agent (AMC's DDPG settings by default)"), SearchConfig, [AGENT])
-    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2], help="search seeds (default 0 1 2)")
-    p.add_argument("--algos", nargs="+", default=["random", "ddpg"], choices=["random", "ddpg", "td3", "sac"],
-                   help="algorithms compared (default random ddpg)")
+    add_study_options(p)
     p.add_argument("--jobs", type=bounded(int, "--jobs", 1), default=1,
                    help="searches run at once, each in its own process (default 1); with --threads, "
                         "each process gets that many threads")
@@ -49,6 +42,18 @@ def register(bsub: argparse._SubParsersAction) -> None:
                    help="continue in an existing --out: finished searches are only reported, stopped ones resumed")
     p.add_argument("--out", required=True, help="folder for the run folders and summary.json")
     p.set_defaults(func=run)
+
+
+def add_study_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """What a study of searches shares with amc search (every option but the seed, which
+    --seeds replaces), plus --seeds and --algos; also used by amc sweep."""
+    add_spec(p, MODEL, DATA, PRUNER, BUDGET, LATENCY, skip=("seed", *skip))
+    add_common(p)
+    add_options(p, SearchConfig, [SEARCH], skip=("algo", "save_every"))
+    add_options(p.add_argument_group("agent (AMC's DDPG settings by default)"), SearchConfig, [AGENT])
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2], help="search seeds (default 0 1 2)")
+    p.add_argument("--algos", nargs="+", default=["random", "ddpg"], choices=["random", "ddpg", "td3", "sac"],
+                   help="algorithms compared (default random ddpg)")
 
 
 _STOP = False  # a worker process was told to stop: it starts no further search
@@ -105,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = []
     for seed in args.seeds:
         for algo in args.algos:
-            cfg = dataclasses.replace(base_cfg, algo=algo, warmup=base_cfg.warmup if algo != "random" else 0)
-            cfg.validate()  # every bad setting is refused before the first search starts
+            cfg = algo_config(base_cfg, algo)
             jobs.append((seed, algo, spec.replace(seed=seed), cfg, str(Path(args.out) / f"{algo}-seed{seed}")))
     out = out_or_resume(args.out, args.resume, "amc bench quality")
     with FolderLock(out):  # one benchmark per folder (each search also locks its own run folder)

@@ -7,15 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from amc.cli.common import (absolute, add_common, add_spec, emit, fresh_out_dir, out_or_resume, setup_threads,
-                            spec_from)
+from amc.cli.common import absolute, emit, fresh_out_dir, out_or_resume, setup_threads, spec_from
 from amc.errors import AmcError
-from amc.options import add_options, bounded, seed_int, values_given
-from amc.spec import BUDGET, DATA, LATENCY, MODEL, PRUNER
+from amc.options import bounded, values_given
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from agents.config import AGENT, SEARCH, SearchConfig
+    from amc.cli.bench_quality import add_study_options
 
     p = sub.add_parser("sweep", help="many searches as Ray tasks, on this machine or a cluster",
                        description="Runs one amc search per --models x --targets x --algos x --seeds as a Ray "
@@ -25,16 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--address it starts a local Ray; with one it joins that cluster. A task whose "
                                    "worker dies is retried and resumes its search. Needs Ray: pip install "
                                    "'amc[scale]'. The other options are amc search's, shared by every trial.")
-    add_spec(p, MODEL, DATA, PRUNER, BUDGET, LATENCY, skip=("seed", "model", "target"))
-    add_common(p)
-    add_options(p, SearchConfig, [SEARCH], skip=("algo", "save_every"))
-    add_options(p.add_argument_group("agent (AMC's DDPG settings by default)"), SearchConfig, [AGENT])
+    add_study_options(p, skip=("model", "target"))
     p.add_argument("--models", nargs="+", required=True, help="models to prune (zoo names, tv:NAME or file.py:factory)")
     p.add_argument("--targets", type=bounded(float, "--targets", 0, 1, lo_open=True), nargs="+", default=[0.5],
                    help="budgets: the share of the resource to keep (default 0.5)")
-    p.add_argument("--algos", nargs="+", default=["random", "ddpg"], choices=["random", "ddpg", "td3", "sac"],
-                   help="algorithms (default random ddpg)")
-    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2], help="search seeds (default 0 1 2)")
     p.add_argument("--address", default=None,
                    help="a Ray cluster to join: auto or HOST:PORT (default: start a local Ray)")
     p.add_argument("--cpus", type=bounded(int, "--cpus", 1), default=None,
