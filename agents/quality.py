@@ -1,7 +1,8 @@
 """What a set of searches achieved: uniform vs. each algorithm's best policy, over seeds.
 
 Shared by ``amc bench quality`` (local processes) and ``amc sweep`` (Ray): both write the same
-``summary.json`` for one spec, from run folders named ``{algo}-seed{seed}``. For each seed,
+``summary.json`` (and ``curves.png``, the learning curves) for one spec, from run folders named
+``{algo}-seed{seed}``. For each seed,
 :func:`amc.api.compare` prunes with the uniform policy and the search's best policy by one
 pruner; reward-set accuracy decides, the test set is the headline, and "recovered" (the share
 of uniform's loss won back) is given on both, per seed and as mean +- std over seeds.
@@ -111,7 +112,20 @@ def summarize(spec: Any, cfg: Any, seeds: Sequence[int], algos: Sequence[str],
         summary["std"][algo] = {k: sd for k, (_, sd) in stats.items()}
         summary["mean"][algo]["recovered"] = summary["mean"][algo]["recovered_reward"]  # the older key
     atomic_write_json(out / "summary.json", summary)
+    _plot(out)
     return summary
+
+
+def _plot(out: Path) -> None:
+    """``OUT/curves.png``: each algorithm's learning curve over seeds (:mod:`agents.curves`)."""
+    from agents.curves import collect, curve_stats, plot_curves
+
+    try:
+        curves = collect([out], [out.name])
+    except Exception as e:  # a picture must not cost the summary
+        sys.stderr.write(f"warning: no curves.png: {e}\n")
+        return
+    plot_curves({label: curve_stats(c) for label, c in curves.items()}, out / "curves.png")
 
 
 def summary_table(summary: dict) -> str:

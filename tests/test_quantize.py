@@ -52,7 +52,9 @@ def test_int8_model_loads_agrees_with_fp32_and_is_smaller(capsys, tmp_path: Path
     assert res["test_agreement"] >= 90.0
     meta = json.loads((out / "model.json").read_text())
     q = meta["quantization"]
-    assert meta["kind"] == "quantized" and q["format"] == "qdq" and q["weights"] == "int8, per channel"
+    assert meta["kind"] == "quantized" and q["format"] == "qdq" and q["weights"].endswith("per channel")
+    # 7-bit weights by default exactly where the CPU lacks int8 dot products (16-bit sums overflow there)
+    assert q["reduce_range"] is res["reduce_range"] is (not q["int8_dot_instructions"])
     assert q["calibration"]["images"] == 16 and q["calibration"]["method"] == "minmax"
     assert {"onnxruntime", "onnx", "torch"} <= q["versions"].keys()
     assert meta["test_top1"] == res["int8"]["test_top1"] and "latency_ms_b2" in res["int8"]
@@ -75,17 +77,20 @@ def test_calibration_draws_only_calibration_split_images(monkeypatch, capsys, tm
     from amc.data import load_splits
 
     seen: list[np.ndarray] = []
+    reduce_range: list[bool] = []
     real = amc.quantize.quantize_onnx
 
     def spy(fp32, int8, batches, *args, **kwargs):
         seen.extend(batches)
+        reduce_range.append(args[3])
         return real(fp32, int8, batches, *args, **kwargs)
 
     monkeypatch.setattr(amc.quantize, "quantize_onnx", spy)
     ckpt = pruned_checkpoint(tmp_path, tiny_data_dir)
     proc = in_process(capsys, "quantize", "--checkpoint", ckpt, "--data-dir", tiny_data_dir, "--out", tmp_path / "q",
-                      "--calib-batches", "5", "--calib-batch-size", "20", *FAST[4:])
+                      "--calib-batches", "5", "--calib-batch-size", "20", "--no-reduce-range", "--format", "qoperator", *FAST[4:])
     assert proc.returncode == 0, proc.stderr
+    assert reduce_range == [False]  # the flag reaches the quantizer, whatever the CPU
     splits = load_splits("fashion-mnist", str(tiny_data_dir), 0, 300)
     mean, std = splits.train.mean.item(), splits.train.std.item()
     pixels = torch.from_numpy(np.concatenate(seen)).mul(std).add(mean).mul(255).round().to(torch.uint8)
@@ -93,6 +98,13 @@ def test_calibration_draws_only_calibration_split_images(monkeypatch, capsys, tm
     assert len(drawn) == 100 == len(set(drawn.tolist()))
     assert not set(drawn.tolist()) & set(splits.reward_index.tolist())  # no reward-set image
     meta = json.loads((tmp_path / "q" / "model.json").read_text())
+    q = meta["quantization"]
+    assert q["reduce_range"] is False and q["weights"] == "int8, per channel" and q["format"] == "qoperator"
+    assert q["activations"] == "uint8, per tensor, static"  # what onnxruntime's x86 QLinear kernels want
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.int8.onnx")).graph.node}
+    assert "QLinearConv" in ops and "DequantizeLinear" in ops
     assert meta["source"]["kind"] == "pruned" and meta["channels"] == json.loads((ckpt / "model.json").read_text())["channels"]
 
 

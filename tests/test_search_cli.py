@@ -273,6 +273,7 @@ def test_bench_quality_summarises_uniform_random_and_ddpg(setup, tmp_path, capsy
         best = json.loads((out_dir / f"{algo}-seed0" / "best_policy.json").read_text())
         assert summary["runs"][algo][0]["reward_top1"] == pytest.approx(best["reward_top1"])
     assert json.loads((out_dir / "summary.json").read_text())["mean"] == summary["mean"]
+    assert (out_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"  # the learning curves beside it
 
 
 def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup, tmp_path, capsys, monkeypatch):

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "entropy (KL-divergence threshold), percentile (99.999th percentile) (default minmax)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="one weight scale per output channel (--no-per-channel: one per tensor) (default on)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="quantize weights to 7 bits, which keeps CPUs without int8 dot products (no VNNI) from "
+                        "overflowing 16-bit sums; default: on exactly where this CPU lacks them")
     p.add_argument("--format", default="qdq", choices=list(FORMATS),
                    help="qdq (QuantizeLinear/DequantizeLinear pairs, fused by onnxruntime) or qoperator "
                         "(QLinearConv and friends) (default qdq)")
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     shape = tuple(int(d) for d in meta["input_shape"])
     threads = torch.get_num_threads()
     record = quantize_model(model, shape, splits, out, args.calib_batches, args.calib_batch_size, args.seed,
-                            args.format, args.per_channel, args.calibration, args.exporter)
+                            args.format, args.per_channel, args.calibration, args.exporter, args.reduce_range)
     figures: dict[str, dict[str, Any]] = {}
     preds = {}
     for name, file in (("fp32", FP32_FILE), ("int8", INT8_FILE)):
@@ -130,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write("warning: this CPU has no int8 dot-product instructions (VNNI, AMX or the Arm dot product); "
                          "onnxruntime emulates int8 GEMMs here, so the int8 model may run slower than fp32\n")
     res = {"out": str(out), "format": args.format, "per_channel": args.per_channel,
+           "reduce_range": record["reduce_range"],
            "calibration": record["calibration"], "fp32": figures["fp32"], "int8": figures["int8"],
            "test_agreement": agreement, "size_ratio": figures["int8"]["file_bytes"] / figures["fp32"]["file_bytes"],
            "int8_dot_instructions": record["int8_dot_instructions"], "threads": threads}
