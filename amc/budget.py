@@ -117,7 +117,7 @@ class PruningState:
         groups = self.resource.graph.groups
         if not groups:
             raise AmcError("the model has no prunable layer")
-        self.min_counts = [round_channels(self.lbound, g.channels, self.channel_round) for g in groups]
+        self.min_counts = [round_channels(self.lbound, g.channels, g.step(self.channel_round)) for g in groups]
         if self.target is not None:
             lowest = self.resource(self.min_counts) / self.resource.full
             # the same comparison as the guarantee, or a target equal to the floor passes here
@@ -150,12 +150,12 @@ class PruningState:
             # the lower bound, fits; the fitting counts are a prefix (monotone), so bisect
             return self._search(t, trial, lambda cost: cost <= self.budget, largest=True, default=0)
         other = self.resource(trial)
-        trial[t] = 1
-        this = self.resource(trial) - other
+        step = trial[t] = g.step(self.channel_round)  # a grouped conv's cost is linear in whole blocks
+        this = (self.resource(trial) - other) / step
         if this <= 0:
             return g.channels
         k_max = math.floor((self.budget - other) / this + 1e-9)
-        fitting = [a for a in allowed_counts(g.channels, self.channel_round) if a <= k_max]
+        fitting = [a for a in allowed_counts(g.channels, step) if a <= k_max]
         # A layer that reads and writes this group (a residual block's last conv with
         # coupled="shared") adds a term quadratic in the count, so the linear estimate is an
         # upper bound only: confirm it exactly, stepping down if need be.
@@ -177,12 +177,12 @@ class PruningState:
             # the smallest allowed count that reaches the budget with every later group whole
             return self._search(t, trial, lambda cost: cost >= self.budget, largest=False, default=g.channels)
         other = self.resource(trial)
-        trial[t] = 1
-        this = self.resource(trial) - other
+        step = trial[t] = g.step(self.channel_round)
+        this = (self.resource(trial) - other) / step
         if this <= 0:
             return 0
         k_min = math.ceil((self.budget - other) / this - 1e-9)
-        reaching = [a for a in allowed_counts(g.channels, self.channel_round) if a >= k_min]
+        reaching = [a for a in allowed_counts(g.channels, step) if a >= k_min]
         return min(reaching) if reaching else g.channels
 
     def _search(self, t: int, trial: list[int], ok: Callable[[float], bool], largest: bool, default: int) -> int:
@@ -193,7 +193,8 @@ class PruningState:
         form a prefix (upper wall) or a suffix (lower wall). Only counts that were checked
         are returned, so the upper wall's answer fits the budget whatever the resource.
         """
-        allowed = allowed_counts(self.resource.graph.groups[t].channels, self.channel_round)
+        g = self.resource.graph.groups[t]
+        allowed = allowed_counts(g.channels, g.step(self.channel_round))
         lo, hi, best = 0, len(allowed) - 1, default
         while lo <= hi:
             mid = (lo + hi) // 2
@@ -212,7 +213,7 @@ class PruningState:
         if not math.isfinite(ratio):
             raise AmcError(f"preserve ratio must be a finite number, got {ratio}")
         g = self.resource.graph.groups[self.t]
-        want = round_channels(min(max(ratio, self.lbound), 1.0), g.channels, self.channel_round)
+        want = round_channels(min(max(ratio, self.lbound), 1.0), g.channels, g.step(self.channel_round))
         kept = max(min(max(want, self.floor()), self.wall()), self.min_counts[self.t])
         self.counts[self.t] = kept
         self.t += 1

@@ -8,11 +8,16 @@ input channels of the convs/linears that consume them. Coupling is found by Torc
 Residual-tied channels (those that meet in an add) are left alone by default; with
 ``coupled="shared"`` each such set becomes one group with one shared ratio
 (docs/method.md#coupled-channels).
+A grouped (non-depthwise) conv reads and writes its channels in ``groups`` equal blocks; a
+channel set it touches keeps an equal number of channels in each block, so its kept count is
+a multiple of :attr:`ChannelGroup.unit` and the conv keeps its ``groups``
+(docs/method.md#grouped-convolutions).
 Channel sets whose index mapping is not one-to-one (concat, split, flatten into a linear
-with spatial positions) and grouped (non-depthwise) convs are skipped and reported.
+with spatial positions) are skipped and reported.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -69,6 +74,11 @@ class ChannelGroup:
     depthwise: list[str] = field(default_factory=list)  # depthwise convs carried along
     norms: list[str] = field(default_factory=list)  # BatchNorms sliced along
     residual: bool = False  # the set meets in an add and is pruned as one shared group
+    unit: int = 1  # kept counts are multiples of this: the lcm of the groups of the grouped convs it touches
+
+    def step(self, channel_round: int = 1) -> int:
+        """The granularity of this set's kept counts under ``channel_round``."""
+        return math.lcm(max(1, int(channel_round)), self.unit)
 
     @property
     def layer(self) -> str:
@@ -76,7 +86,9 @@ class ChannelGroup:
         return self.consumers[0]
 
     def __str__(self) -> str:
-        lines = [f"group {self.index}: {self.channels} channels{' (residual, shared)' if self.residual else ''}",
+        lines = [f"group {self.index}: {self.channels} channels{' (residual, shared)' if self.residual else ''}"
+                 + (f", in blocks of {self.channels // self.unit} (grouped convs: kept counts are multiples of "
+                    f"{self.unit})" if self.unit > 1 else ""),
                  f"  producers: {', '.join(self.producers)}"]
         if self.norms or self.depthwise:
             lines.append(f"  carried:   {', '.join(self.norms + self.depthwise)}")
@@ -164,7 +176,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
         module = model.get_submodule(info.name)
         fn = tp.prune_linear_out_channels if info.kind == "linear" else tp.prune_conv_out_channels
         group = dg.get_pruning_group(module, fn, idxs=list(range(info.cout)))
-        producers, consumers, dws, norms = [], [], [], []
+        producers, consumers, dws, norms, units = [], [], [], [], [1]
         problem, residual = None, False
         for dep, idxs in group:
             target = dep.target
@@ -181,12 +193,9 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
                 li = infos[name]
                 if li.kind == "dwconv":
                     dws.append(name)
-                elif li.groups > 1:
-                    problem = f"touches grouped conv {name}"
-                elif "out" in handler:
-                    producers.append(name)
-                else:
-                    consumers.append(name)
+                    continue
+                units.append(li.groups)
+                (producers if "out" in handler else consumers).append(name)
             elif isinstance(m, nn.Linear) and name in infos:
                 (producers if "out" in handler else consumers).append(name)
             elif isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -195,7 +204,7 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
                     and target.type not in (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR, tp.ops.OPTYPE.BN):
                 problem = f"carries layer {name} ({type(m).__name__}) that we cannot slice"
         seen.update(producers)
-        # a grouped conv is no producer of ours, so it names its own skipped set
+        # a set with no producer of ours (e.g. fed by a depthwise conv only) is named by the layer it starts from
         label = ", ".join(sorted(set(producers), key=lambda n: infos[n].order)) or info.name
         if any(p in out_layers for p in producers):
             skipped.append((label, "network output (class logits)"))
@@ -210,8 +219,12 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
             skipped.append((label, "tied to a residual add (left alone; use coupled='shared' to prune as one group)"))
             continue
         order = lambda n: infos[n].order  # noqa: E731
+        unit = math.lcm(*units)
+        if unit >= info.cout:
+            skipped.append((label, f"grouped convs leave no smaller count (blocks of {info.cout // unit})"))
+            continue
         groups.append(ChannelGroup(-1, info.cout, sorted(set(producers), key=order), sorted(set(consumers), key=order),
-                                   sorted(set(dws), key=order), sorted(set(norms)), residual))
+                                   sorted(set(dws), key=order), sorted(set(norms)), residual, unit))
     # a step is "layer t": order the groups by where their first consumer runs
     groups.sort(key=lambda g: infos[g.layer].order)
     for i, g in enumerate(groups):

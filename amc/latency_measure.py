@@ -136,19 +136,21 @@ class _Act(nn.Module):
 
 # --------------------------------------------------------------------------- blocks and grids
 
-def grid_axis(channels: int, channel_round: int = 1, grid_points: int = 6, exact_points: int = 8) -> list[int]:
+def grid_axis(channels: int, channel_round: int = 1, grid_points: int = 6, exact_points: int = 8,
+              unit: int = 1) -> list[int]:
     """Counts at which a group's side of a layer is timed.
 
     Every allowed count (:func:`amc.budget.allowed_counts`) when there are at most
-    ``exact_points``; else 1 and ``grid_points - 1`` allowed counts evenly spread by index
-    (the first and the full count included), ``grid_points`` in all.
+    ``exact_points``; else ``unit`` (1, or a grouped conv's groups) and ``grid_points - 1``
+    allowed counts evenly spread by index (the first and the full count included),
+    ``grid_points`` in all. ``channel_round`` is the group's step (:meth:`ChannelGroup.step`).
     """
     allowed = allowed_counts(channels, channel_round)
     if len(allowed) <= max(exact_points, 1):
         return allowed
     want = grid_points - 1 if allowed[0] != 1 else grid_points
     picks = {allowed[int(round(i * (len(allowed) - 1) / max(want - 1, 1)))] for i in range(max(want, 2))}
-    return sorted(picks | {1, channels})
+    return sorted(picks | {unit, channels})
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,8 @@ def plan_blocks(model: nn.Module, graph: LayerGraph, channel_round: int = 1, gri
     for name, li in graph.layers.items():
         m = model.get_submodule(name)
         f = followers.get(name, Follower())
-        axis = lambda c, g: tuple(grid_axis(c, channel_round, grid_points, exact_points)) if g is not None \
-            else (c,)  # noqa: E731
+        axis = lambda c, g: tuple(grid_axis(c, graph.groups[g].step(channel_round), grid_points, exact_points,
+                                            graph.groups[g].unit)) if g is not None else (c,)  # noqa: E731
         if isinstance(m, nn.Linear):
             out[name] = BlockSpec("linear", li.cin, li.cout, (1, 1), (1, 1), (0, 0), (1, 1), 1, "zeros",
                                   m.bias is not None, (li.out_hw[0], 1), False, f.act,
@@ -341,7 +343,7 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         # a shared machine noise only ever adds time, and one slow spell here would bias the
         # remainder, hence every prediction
         # the calibration models: the base, and uniform half width (where searches look)
-        half = [round_channels(0.5, g.channels, channel_round) for g in graph.groups]
+        half = [round_channels(0.5, g.channels, g.step(channel_round)) for g in graph.groups]
         whole = {"model": model, **({"half": slim(half)} if slim is not None else {})}
         first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
         for names in unique.values():

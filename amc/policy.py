@@ -61,7 +61,7 @@ def parse_policy(obj: Any, pruner, channel_round: int = 1, source: str = "policy
             e = e.get("ratio")
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or not (0.0 < e <= 1.0):
             raise AmcError(f"{source}: layer {g.layer}: preserve ratio must be in (0, 1], got {e!r}")
-        counts.append(round_channels(float(e), g.channels, channel_round))
+        counts.append(round_channels(float(e), g.channels, g.step(channel_round)))
     return counts
 
 

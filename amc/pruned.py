@@ -16,6 +16,7 @@ from amc.checkpoint import load_state_dict, load_weights_into, read_json, save_c
 from amc.errors import AmcError
 from amc.graph import build_layer_graph
 from amc.models import ModelSpec, build_model
+from amc.selection import top_k
 from amc.surgery import slim_model
 
 if TYPE_CHECKING:
@@ -47,7 +48,9 @@ def rebuild_pruned(meta: dict) -> nn.Module:
         kept = c.get("kept")
         if not isinstance(kept, int) or not (1 <= kept <= g.channels):
             raise AmcError(f"model.json: layer {g.layer}: kept must be an integer in [1, {g.channels}]")
-        keep.append(torch.arange(kept))
+        if kept % g.unit:
+            raise AmcError(f"model.json: layer {g.layer}: kept must be a multiple of {g.unit} (its grouped convs)")
+        keep.append(top_k(torch.zeros(g.channels), kept, g.unit))  # the shapes only: equal per block
     return slim_model(base, graph, keep)
 
 

@@ -88,7 +88,7 @@ class ChannelPruner:
 
     def keep_indices(self, counts: Sequence[int]) -> list[torch.Tensor]:
         self._check_counts(counts)
-        return [top_k(self.scores[i], int(k)) for i, k in enumerate(counts)]
+        return [top_k(self.scores[i], int(k), g.unit) for i, (k, g) in enumerate(zip(counts, self.graph.groups))]
 
     def _check_counts(self, counts: Sequence[int]) -> None:
         if len(counts) != self.num_layers:
@@ -96,6 +96,9 @@ class ChannelPruner:
         for g, k in zip(self.graph.groups, counts):
             if not (1 <= int(k) <= g.channels):
                 raise AmcError(f"layer {g.layer}: kept channels must be in [1, {g.channels}], got {k}")
+            if int(k) % g.unit:
+                raise AmcError(f"layer {g.layer}: kept channels must be a multiple of {g.unit} (its grouped convs' "
+                               f"groups), got {k}")
 
     def reconstructed_weights(self, keep: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.cache is None:
@@ -126,7 +129,7 @@ class ChannelPruner:
         for r in ratios:
             if not (isinstance(r, (int, float)) and math.isfinite(r) and 0.0 < r <= 1.0):
                 raise AmcError(f"preserve ratios must be in (0, 1], got {r}")
-        return [round_channels(r, g.channels, channel_round) for r, g in zip(ratios, self.graph.groups)]
+        return [round_channels(r, g.channels, g.step(channel_round)) for r, g in zip(ratios, self.graph.groups)]
 
     def uniform_counts(self, target: float, channel_round: int = 1, resource: str = "flops") -> list[int]:
         """The largest uniform preserve ratio whose ``resource`` (flops, params or predicted

@@ -110,19 +110,26 @@ class FeatureCache:
         """Refit layer ``name`` reading only input channels ``kept``.
 
         Returns a full-size weight (same shape as ``weight``) with zeros in the dropped input
-        channels, so slicing it like any other weight gives the slim layer.
+        channels, so slicing it like any other weight gives the slim layer. A grouped conv is
+        refitted block by block: its block g of outputs may only read block g of the inputs,
+        where ``kept`` holds an equal number (one small system per block).
         """
-        n_out, n_in = weight.shape[0], weight.shape[1]
+        info = self.graph.layers.get(name)
+        groups = info.groups if info is not None and info.kind == "conv" else 1
+        n_out, n_in = weight.shape[0], weight.shape[1]  # n_in: inputs per block
         kk = weight[0, 0].numel()
-        cols = (kept.view(-1, 1) * kk + torch.arange(kk).view(1, -1)).reshape(-1)
-        self._check_rows(name, len(cols))
-        a = self.xtx[name].index_select(0, cols).index_select(1, cols)
-        b = self.xty[name].index_select(0, cols)
-        lam = self.ridge * float(a.diagonal().mean().clamp_min(1e-12))
-        a = a + lam * torch.eye(len(cols), dtype=a.dtype)
-        sol = torch.linalg.solve(a, b)  # (kept*kk, n_out)
+        per_out = n_out // groups
         full = torch.zeros(n_out, n_in, kk, dtype=weight.dtype)
-        full[:, kept] = sol.T.reshape(n_out, len(kept), kk).to(weight.dtype)
+        for g, kept_g in enumerate(kept.view(groups, -1)):
+            cols = (kept_g.view(-1, 1) * kk + torch.arange(kk).view(1, -1)).reshape(-1)
+            self._check_rows(name, len(cols))
+            a = self.xtx[name].index_select(0, cols).index_select(1, cols)
+            b = self.xty[name].index_select(0, cols)[:, g * per_out:(g + 1) * per_out]
+            lam = self.ridge * float(a.diagonal().mean().clamp_min(1e-12))
+            a = a + lam * torch.eye(len(cols), dtype=a.dtype)
+            sol = torch.linalg.solve(a, b)  # (kept_g*kk, per_out)
+            full[g * per_out:(g + 1) * per_out, kept_g - g * n_in] = \
+                sol.T.reshape(per_out, len(kept_g), kk).to(weight.dtype)
         return full.reshape(weight.shape)
 
     def _check_rows(self, name: str, unknowns: int) -> None:
@@ -139,5 +146,13 @@ class FeatureCache:
 
     def residual(self, name: str, kept: torch.Tensor, weight: torch.Tensor) -> float:
         """``||X W - Y||^2`` on the calibration rows, up to the constant ``||Y||^2``, for tests."""
+        info = self.graph.layers.get(name)
+        groups = info.groups if info is not None and info.kind == "conv" else 1
+        if groups > 1:  # as the dense (block-diagonal) conv it is
+            n, c = weight.shape[0], weight.shape[1]
+            dense = torch.zeros(n, c * groups, *weight.shape[2:], dtype=weight.dtype)
+            for g in range(groups):
+                dense[g * n // groups:(g + 1) * n // groups, g * c:(g + 1) * c] = weight[g * n // groups:(g + 1) * n // groups]
+            weight = dense
         w = weight.detach().double().reshape(weight.shape[0], -1).T  # (C*kk, n_out)
         return float((w.T @ self.xtx[name] @ w).trace() - 2 * (w * self.xty[name]).sum())

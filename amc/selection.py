@@ -18,13 +18,17 @@ from amc.graph import ChannelGroup
 Criterion = Callable[[nn.Module, ChannelGroup], torch.Tensor]
 
 
-def _in_slices(w: torch.Tensor) -> torch.Tensor:
-    # conv (n, c, kh, kw) or linear (n, c): |W| summed over everything but the input channel
-    return w.detach().abs().transpose(0, 1).reshape(w.shape[1], -1).sum(1)
+def _in_slices(m: nn.Module) -> torch.Tensor:
+    """|W| summed over everything but the input channel: conv (n, c / groups, kh, kw) or linear (n, c).
+    A grouped conv's block g of outputs reads block g of the inputs."""
+    w = m.weight.detach().abs()
+    groups = getattr(m, "groups", 1)
+    n, c = w.shape[0], w.shape[1]
+    return w.reshape(groups, n // groups, c, -1).sum((1, 3)).reshape(groups * c)
 
 
 def l1_consumer(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    return sum(_in_slices(model.get_submodule(n).weight).double() for n in group.consumers)
+    return sum(_in_slices(model.get_submodule(n)).double() for n in group.consumers)
 
 
 def l1_producer(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
@@ -42,7 +46,19 @@ def get_criterion(name: str) -> Criterion:
     return CRITERIA[name]
 
 
-def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` highest scores, in increasing index order (ties: lower index)."""
+def top_k(scores: torch.Tensor, k: int, unit: int = 1) -> torch.Tensor:
+    """Indices of the ``k`` highest scores, in increasing index order (ties: lower index).
+
+    With ``unit`` > 1 (a set read or written by grouped convs) the channels form ``unit``
+    equal blocks and each block keeps its own ``k / unit`` best, so every group of the convs
+    keeps the same width; ``k`` must then be a multiple of ``unit``.
+    """
+    if unit > 1:
+        if k % unit or len(scores) % unit:
+            raise AmcError(f"{k} of {len(scores)} channels cannot be kept in {unit} equal blocks")
+        size = len(scores) // unit
+        blocks = scores.reshape(unit, size)
+        order = torch.argsort(blocks, dim=1, descending=True, stable=True)[:, :k // unit]
+        return (torch.sort(order, dim=1).values + torch.arange(unit).view(-1, 1) * size).reshape(-1)
     order = torch.argsort(scores, descending=True, stable=True)[:k]
     return torch.sort(order).values

@@ -49,7 +49,7 @@ def slim_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tensor]
             if m.bias is not None:
                 m.bias = _param(m.bias.data.index_select(0, out_idx))
         if in_idx is not None:
-            w = w.index_select(1, in_idx)
+            w = _select_inputs(w, in_idx, getattr(m, "groups", 1))
         if out_idx is not None or in_idx is not None or name in weights:
             m.weight = _param(w)
         if li.kind == "linear":
@@ -70,6 +70,19 @@ def slim_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tensor]
     return slim
 
 
+def _select_inputs(w: torch.Tensor, in_idx: torch.Tensor, groups: int) -> torch.Tensor:
+    """``w``'s input channels ``in_idx``. A grouped conv's weight is (n, c / groups, ...): its
+    block g of outputs reads block g of the inputs, and ``in_idx`` keeps an equal number in
+    each block (:func:`amc.selection.top_k`), so each block of rows takes its own columns."""
+    if groups == 1:
+        return w.index_select(1, in_idx)
+    size = w.shape[1]  # inputs per block
+    local = in_idx.view(groups, -1) - torch.arange(groups).view(-1, 1) * size
+    blocks = w.reshape(groups, w.shape[0] // groups, size, *w.shape[2:])
+    index = local.view(groups, 1, -1, *([1] * (w.ndim - 2))).expand(-1, blocks.shape[1], -1, *w.shape[2:])
+    return blocks.gather(2, index).reshape(w.shape[0], local.shape[1], *w.shape[2:])
+
+
 def masked_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tensor],
                  weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A full-size copy whose consumers ignore the pruned channels (zeroed input columns).
@@ -84,7 +97,9 @@ def masked_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tenso
         for name in g.consumers:
             m = masked.get_submodule(name)
             w = weights.get(name, m.weight.data).clone()
-            w[:, drop] = 0
+            groups = getattr(m, "groups", 1)  # a grouped conv's block g of outputs reads block g of the inputs
+            w.view(groups, w.shape[0] // groups, *w.shape[1:])[drop.view(groups, 1, -1).expand(
+                -1, w.shape[0] // groups, -1)] = 0
             m.weight = _param(w)
     for name, w in weights.items():
         if not any(name in g.consumers for g in graph.groups):

@@ -168,17 +168,21 @@ class Twice(nn.Module):
         return self.fc(self.conv(self.conv(self.stem(x))).mean((2, 3)))
 
 
-def test_concat_grouped_conv_and_unsliceable_layers_are_left_alone_with_a_reason() -> None:
+def test_concat_and_unsliceable_layers_are_left_alone_with_a_reason() -> None:
     cat = build_layer_graph(Concat(), (1, 8, 8))
     assert [(g.producers, g.consumers) for g in cat.groups] == [(["c"], ["fc"])]
     assert cat.skipped[:2] == [("a", "passes through a concat"), ("b", "passes through a concat")]
 
     grouped = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 8, 3, groups=2), nn.Conv2d(8, 4, 1),
                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
-    graph = build_layer_graph(grouped, (1, 8, 8))
-    assert [(g.producers, g.consumers) for g in graph.groups] == [(["2"], ["5"])]
-    assert graph.skipped == [("0", "touches grouped conv 1"), ("1", "touches grouped conv 1"),
-                             ("5", "network output (class logits)")]
+    graph = build_layer_graph(grouped, (1, 8, 8))  # grouped convs prune in equal blocks (tests/test_grouped.py)
+    assert [(g.producers, g.consumers, g.unit) for g in graph.groups] == [(["0"], ["1"], 2), (["1"], ["2"], 2),
+                                                                          (["2"], ["5"], 1)]
+    assert graph.skipped == [("5", "network output (class logits)")]
+    one_per_block = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv2d(2, 4, 3, groups=2), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Linear(4, 10))
+    assert build_layer_graph(one_per_block, (1, 8, 8)).skipped[0] == (
+        "0", "grouped convs leave no smaller count (blocks of 1)")
 
     prelu = nn.Sequential(nn.Conv2d(1, 4, 3), nn.PReLU(4), nn.Conv2d(4, 8, 3), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 10))

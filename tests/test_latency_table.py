@@ -432,11 +432,10 @@ def test_real_ort_table_of_a_tiny_net(tmp_path) -> None:
 
 
 def test_uniform_ladder_lists_each_uniform_model_once_and_nearest_picks_by_measured_ratio() -> None:
-    from types import SimpleNamespace
-
+    from amc.graph import ChannelGroup
     from amc.latency_bench import nearest_measured, uniform_ladder
 
-    groups = [SimpleNamespace(channels=16), SimpleNamespace(channels=32), SimpleNamespace(channels=64)]
+    groups = [ChannelGroup(i, c, [], []) for i, c in enumerate((16, 32, 64))]
     ladder = uniform_ladder(groups, channel_round=8, lbound=0.2)
     counts = [tuple(c) for _, c in ladder]
     assert len(set(counts)) == len(counts) and counts[0] == (8, 8, 16) and counts[-1] == (16, 32, 64)

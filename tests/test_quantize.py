@@ -52,7 +52,11 @@ def test_int8_model_loads_agrees_with_fp32_and_is_smaller(capsys, tmp_path: Path
     assert res["test_agreement"] >= 90.0
     meta = json.loads((out / "model.json").read_text())
     q = meta["quantization"]
-    assert meta["kind"] == "quantized" and q["format"] == "qdq" and q["weights"].endswith("per channel")
+    assert meta["kind"] == "quantized" and q["format"] == "qoperator" and q["weights"].endswith("per channel")
+    assert q["activations"] == "uint8, per tensor, static"  # what onnxruntime's x86 QLinear kernels want
+    import onnx
+
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     # 7-bit weights by default exactly where the CPU lacks int8 dot products (16-bit sums overflow there)
     assert q["reduce_range"] is res["reduce_range"] is (not q["int8_dot_instructions"])
     assert q["calibration"]["images"] == 16 and q["calibration"]["method"] == "minmax"
@@ -88,7 +92,7 @@ def test_calibration_draws_only_calibration_split_images(monkeypatch, capsys, tm
     monkeypatch.setattr(amc.quantize, "quantize_onnx", spy)
     ckpt = pruned_checkpoint(tmp_path, tiny_data_dir)
     proc = in_process(capsys, "quantize", "--checkpoint", ckpt, "--data-dir", tiny_data_dir, "--out", tmp_path / "q",
-                      "--calib-batches", "5", "--calib-batch-size", "20", "--no-reduce-range", "--format", "qoperator", *FAST[4:])
+                      "--calib-batches", "5", "--calib-batch-size", "20", "--no-reduce-range", "--format", "qdq", *FAST[4:])
     assert proc.returncode == 0, proc.stderr
     assert reduce_range == [False]  # the flag reaches the quantizer, whatever the CPU
     splits = load_splits("fashion-mnist", str(tiny_data_dir), 0, 300)
@@ -99,12 +103,12 @@ def test_calibration_draws_only_calibration_split_images(monkeypatch, capsys, tm
     assert not set(drawn.tolist()) & set(splits.reward_index.tolist())  # no reward-set image
     meta = json.loads((tmp_path / "q" / "model.json").read_text())
     q = meta["quantization"]
-    assert q["reduce_range"] is False and q["weights"] == "int8, per channel" and q["format"] == "qoperator"
-    assert q["activations"] == "uint8, per tensor, static"  # what onnxruntime's x86 QLinear kernels want
+    assert q["reduce_range"] is False and q["weights"] == "int8, per channel" and q["format"] == "qdq"
+    assert q["activations"] == "int8, per tensor, static"
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q" / "model.int8.onnx")).graph.node}
-    assert "QLinearConv" in ops and "DequantizeLinear" in ops
+    assert "QLinearConv" not in ops and {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert meta["source"]["kind"] == "pruned" and meta["channels"] == json.loads((ckpt / "model.json").read_text())["channels"]
 
 

@@ -42,9 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
                    help="quantize weights to 7 bits, which keeps CPUs without int8 dot products (no VNNI) from "
                         "overflowing 16-bit sums; default: on exactly where this CPU lacks them")
-    p.add_argument("--format", default="qdq", choices=list(FORMATS),
-                   help="qdq (QuantizeLinear/DequantizeLinear pairs, fused by onnxruntime) or qoperator "
-                        "(QLinearConv and friends) (default qdq)")
+    p.add_argument("--format", default="qoperator", choices=list(FORMATS),
+                   help="qoperator (QLinearConv and friends, uint8 activations: the smaller file, and the faster "
+                        "one on the CPUs measured) or qdq (QuantizeLinear/DequantizeLinear pairs around float ops, "
+                        "int8 activations: the form other execution providers such as TensorRT read) "
+                        "(default qoperator)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the calibration draw (default 0)")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"],
                    help="torch's ONNX exporter (default dynamo; torchscript is tried if it fails)")
