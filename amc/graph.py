@@ -17,8 +17,10 @@ with spatial positions) are skipped and reported.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -143,6 +145,33 @@ def _trace_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[s
     return infos
 
 
+@contextlib.contextmanager
+def _tolerant_reshapes(unmapped: list) -> Iterator[None]:
+    """Trace through reshapes whose channel mapping Torch-Pruning cannot infer.
+
+    Its reshape index mapping divides by an inferred channel count, and a channel shuffle
+    (view to 5-D, transpose, view back: ShuffleNet) makes that count 0, so tracing the whole
+    model fails (its issue #14, open since 2020). Here such a reshape keeps no mapping and is
+    recorded in ``unmapped``; every channel set that reaches it is then left alone, so nothing
+    is pruned through an index map we do not know. Restored on exit.
+    """
+    from torch_pruning.dependency import index_mapping
+
+    real = index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph, node) -> None:
+        try:
+            real(graph, node)
+        except ArithmeticError:
+            unmapped.append(node)
+
+    index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = real
+
+
 def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupled: str = "skip") -> LayerGraph:
     """Find the prunable channel groups of ``model`` for inputs of shape ``(C, H, W)``.
 
@@ -159,11 +188,22 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
     infos = _trace_shapes(model, input_shape)
     if not infos:
         raise AmcError("the model has no Conv2d or Linear layer, so nothing can be pruned")
+    unmapped: list = []
+    with _tolerant_reshapes(unmapped):  # Torch-Pruning redoes its index maps for every group
+        try:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape),
+                                                       verbose=False)
+        except Exception as e:  # tracing arbitrary user models can fail in many ways
+            raise AmcError(f"cannot trace the model's channel dependencies: {type(e).__name__}: {e}") from e
+        return _classify(model, input_shape, coupled, infos, dg, unmapped)
+
+
+def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str, infos: dict[str, LayerInfo],
+              dg, unmapped: list) -> LayerGraph:
+    """The groups of a traced model: Torch-Pruning's coupling, sorted into what we prune and what not."""
+    import torch_pruning as tp
+
     names = {m: n for n, m in model.named_modules()}
-    try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape), verbose=False)
-    except Exception as e:  # tracing arbitrary user models can fail in many ways
-        raise AmcError(f"cannot trace the model's channel dependencies: {type(e).__name__}: {e}") from e
     out_layers = [n for n, i in infos.items() if i.kind != "dwconv" and not _feeds_layer(n, infos, dg, model)]
 
     groups: list[ChannelGroup] = []
@@ -175,7 +215,11 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
             continue
         module = model.get_submodule(info.name)
         fn = tp.prune_linear_out_channels if info.kind == "linear" else tp.prune_conv_out_channels
-        group = dg.get_pruning_group(module, fn, idxs=list(range(info.cout)))
+        try:
+            group = dg.get_pruning_group(module, fn, idxs=list(range(info.cout)))
+        except Exception as e:  # an index map through split/shuffle it cannot follow: leave the set alone
+            skipped.append((info.name, f"Torch-Pruning cannot follow its channels ({type(e).__name__})"))
+            continue
         producers, consumers, dws, norms, units = [], [], [], [], [1]
         problem, residual = None, False
         for dep, idxs in group:
@@ -186,6 +230,8 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
                 residual = True
             if target.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.UNBIND):
                 problem = f"passes through a {target.type.name.lower()}"
+            if any(target is n for n in unmapped):
+                problem = problem or "passes through a reshape with an unknown channel order (e.g. a channel shuffle)"
             if sorted(idxs) != list(range(info.cout)):
                 problem = problem or "channel indices are not one-to-one (flatten, concat or split)"
             m = target.module

@@ -12,20 +12,21 @@ from helpers import in_process_error
 
 # models the README's coverage table says amc prunes end to end; the slow test re-checks them all
 END_TO_END = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5", "squeezenet1_0", "efficientnet_b0",
-              "googlenet", "resnet50"]
+              "googlenet", "resnet50", "shufflenet_v2_x0_5", "regnet_x_400mf", "regnet_y_400mf", "resnext50_32x4d"]
+HALF = ["shufflenet_v2_x0_5", "regnet_x_400mf", "regnet_y_400mf", "resnext50_32x4d"]  # grouped convs, channel shuffle
 
 
 def test_a_model_that_works_and_one_that_does_not(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cov"
-    assert main(["bench", "coverage", "--models", "mobilenet_v3_small", "shufflenet_v2_x0_5", "--out", str(out),
+    assert main(["bench", "coverage", "--models", "mobilenet_v3_small", "convnext_tiny", "--out", str(out),
                  "--threads", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["model"]: r for r in res["rows"]}
     good = rows["mobilenet_v3_small"]
     assert good["parity"] is True and good["onnx"] is True and good["error"] is None
     assert good["prunable_layers"] > 10 and 0 < good["min_flops_ratio"] < 0.5 and good["params"] > 1e6
-    bad = rows["shufflenet_v2_x0_5"]  # channel shuffle: the tracer fails today (issue: ShuffleNet support)
-    assert bad["stage"] == "graph" and bad["error"] and bad["parity"] is None
+    bad = rows["convnext_tiny"]  # its blocks are layer-normalised: nothing prunable
+    assert bad["stage"] == "graph" and "the model has no prunable layer" in bad["error"] and bad["parity"] is None
     assert res["pruned_end_to_end"] == 1
     assert json.loads((out / "coverage.json").read_text())["rows"] == res["rows"]
     assert "| mobilenet_v3_small | 2.5 | 32 | " in (out / "coverage.md").read_text()
@@ -45,6 +46,7 @@ def test_every_torchvision_model_up_to_30m_parameters(tmp_path: Path, capsys) ->
     rows = {r["model"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
     for name in END_TO_END:
         assert rows[name]["parity"] and rows[name]["onnx"], rows[name]
+    assert all(rows[name]["min_flops_ratio"] < 0.5 for name in HALF)
     assert all(r["error"] or (r["parity"] is not None) for r in rows.values())
 
 

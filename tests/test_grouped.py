@@ -146,3 +146,23 @@ def test_search_runs_on_a_grouped_model(capsys, tmp_path: Path, tiny_data_dir: P
     assert best["flops_ratio"] <= 0.5
     layers = best["layers"] if "layers" in best else best["policy"]
     assert len(layers) == 7
+
+
+def test_shufflenet_v2_prunes_inside_its_branches() -> None:
+    """The channel shuffle no longer stops the tracer; the split-, concat- and shuffle-tied
+    channels stay whole, and each branch's inner width (1x1 -> depthwise 3x3 -> 1x1) is pruned."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("tv:shufflenet_v2_x0_5", 1, 10)), 0)
+    pruner = ChannelPruner(model, (1, 32, 32))
+    inner = [g for g in pruner.graph.groups if g.producers[0].endswith("branch2.0")]
+    assert len(inner) == 16 and all(g.depthwise for g in inner)  # one per block
+    reasons = {why for _, why in pruner.graph.skipped}
+    assert any("channel shuffle" in r or "cannot follow" in r or "concat" in r for r in reasons)
+    counts = pruner.uniform_counts(0.5)
+    assert pruner.flops(counts) / pruner.flops.full <= 0.5
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    slim, masked = pruner.prune(counts, False), pruner.masked(counts, False)
+    assert_same_outputs(slim, masked, x)
+    with torch.no_grad():
+        assert not torch.allclose(masked(x), model(x))  # it did prune
+    assert pruner.flops(counts) == count_macs(slim, (1, 32, 32))
