@@ -107,6 +107,8 @@ def search(spec: PruneSpec, cfg: SearchConfig, run: str | Path, progress: bool =
     """
     spec.validate()
     cfg.validate()
+    if cfg.verify_top and spec.budget != "latency":
+        raise AmcError("--verify-top times policies against a latency target: it needs --budget latency")
     folder = run_folder.prepare_run_dir(run)
     with FolderLock(folder):  # one writer per run folder, for the search's whole life
         run_folder.prepare_run_dir(folder)  # again, locked: no other search began here meanwhile
@@ -219,6 +221,7 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             keeper.save_latest()
             seconds = log.state_dict()["seconds"]
             log.close()
+            verified = _verify(run, cfg, spec, pruner, progress)
         except Stop as stop:
             saved = keeper.save_latest() if keeper is not None else None
             if saved is None and resumed:
@@ -236,5 +239,25 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
                 log.close(final=False)
             raise
     assert log.best is not None
-    return run_folder.result(log.best, log.episodes, base_top1, seconds, run,
-                             resumed_at=state["log"]["episodes"] if resumed else None)
+    out = run_folder.result(log.best, log.episodes, base_top1, seconds, run,
+                            resumed_at=state["log"]["episodes"] if resumed else None)
+    if verified is not None:
+        out["verified"] = {k: verified[k] for k in ("chosen_episode", "measured_within_target")}
+    return out
+
+
+def _verify(run: Path, cfg: SearchConfig, spec: PruneSpec, pruner: Any, progress: bool) -> dict | None:
+    """``--verify-top``: time the best policies end to end (:mod:`agents.verify`)."""
+    if not cfg.verify_top or pruner.latency is None:
+        return None
+    from agents.verify import verify_top
+
+    record = verify_top(run, pruner, spec.target, cfg.verify_top, progress=progress)
+    if progress:
+        chosen = next(r for r in record["candidates"] if r["episode"] == record["chosen_episode"])
+        sys.stderr.write(f"verified {len(record['candidates'])} best policies end to end: episode "
+                         f"{chosen['episode']} measures {chosen['measured_ratio']:.3f} of the base (predicted "
+                         f"{chosen['predicted_ratio']:.3f}, target {spec.target:g})"
+                         + ("" if record["measured_within_target"] else "; none measured within the target, so "
+                            "the fastest") + f"; wrote {run / 'verified_policy.json'}\n")
+    return record

@@ -103,6 +103,35 @@ def _summary(errs: Sequence[float]) -> tuple[float, float, float]:
     return float(np.median(e)), float(np.percentile(e, 90)), float(e.max())
 
 
+def measure_policies(pruner: Any, latency: LatencyModel, plans: Sequence[tuple[str, Sequence[int]]],
+                     runtime: str, batch: int, threads: int, repeats: int = 10, warmup: int = 3,
+                     base: nn.Module | None = None, progress: bool = False) -> tuple[list[dict], list[float]]:
+    """Time each ``(label, counts)`` slim model end to end, interleaved with the base, in the
+    target runtime; returns a row per policy (predicted and measured ms and ratio, FLOPs ratio,
+    errors) and the base's median of each pair."""
+    from tqdm import tqdm
+
+    base = pruner.model if base is None else base
+    input_shape = tuple(pruner.input_shape)
+    rows, base_ms = [], []
+    prime_allocator()
+    with tempfile.TemporaryDirectory(prefix="amc-bench-") as tmp, torch_threads(threads):
+        # exported once: the base is the same model in every interleaved pair
+        timed_base = OrtModule(base, input_shape, batch, threads, Path(tmp)) if runtime == "ort" else base
+        for label, counts in tqdm(plans, disable=not progress, desc="timing policies", unit="policy", leave=False):
+            slim = pruner.prune(counts, reconstruct=False)  # weights do not change the speed
+            res = end_to_end({"base": timed_base, "slim": slim}, input_shape, batch, runtime, threads, repeats,
+                             warmup, Path(tmp))
+            b, s = res["base"].median_ms, res["slim"].median_ms
+            base_ms.append(b)
+            pred_ms, pred_ratio = latency(counts), latency.predicted_ratio(counts)
+            rows.append({"policy": label, "counts": list(counts), "predicted_ms": pred_ms, "measured_ms": s,
+                         "predicted_ratio": pred_ratio, "measured_ratio": s / b,
+                         "flops_ratio": pruner.flops(counts) / pruner.flops.full,
+                         "abs_rel_err": abs(pred_ms - s) / s, "ratio_abs_rel_err": abs(pred_ratio - s / b) / (s / b)})
+    return rows, base_ms
+
+
 def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, target: float = 0.5,
                        spread: float = 0.1, lbound: float = 0.2, channel_round: int | None = None,
                        runtime: str | None = None, batch: int | None = None, threads: int | None = None,
@@ -139,7 +168,6 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
         ``|predicted - measured| / measured``; ``ratio_abs_rel_err`` compares the slim/base
         ratios, which machine drift since the table was built does not affect.
     """
-    from tqdm import tqdm
 
     meta = latency.meta
     runtime = runtime or meta.get("runtime")
@@ -150,28 +178,11 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
     channel_round = channel_round or meta.get("channel_round") or 1
     if policies < 0 or not (math.isfinite(target) and 0 < target <= 1):
         raise AmcError(f"need policies >= 0 and a target in (0, 1], got {policies} and {target}")
-    base = pruner.model if base is None else base
-    input_shape = tuple(pruner.input_shape)
     plans = [("uniform", uniform_latency_counts(latency, target, channel_round))]
     plans += [(f"random-{i}", c) for i, c in enumerate(
         random_latency_policies(latency, policies, target, spread, lbound, channel_round, seed))]
     plans += [(label, list(c)) for label, c in extra]
-    rows, base_ms = [], []
-    prime_allocator()
-    with tempfile.TemporaryDirectory(prefix="amc-bench-") as tmp, torch_threads(threads):
-        # exported once: the base is the same model in every interleaved pair
-        timed_base = OrtModule(base, input_shape, batch, threads, Path(tmp)) if runtime == "ort" else base
-        for label, counts in tqdm(plans, disable=not progress, desc="predict vs measure", unit="policy", leave=False):
-            slim = pruner.prune(counts, reconstruct=False)  # weights do not change the speed
-            res = end_to_end({"base": timed_base, "slim": slim}, input_shape, batch, runtime, threads, repeats,
-                             warmup, Path(tmp))
-            b, s = res["base"].median_ms, res["slim"].median_ms
-            base_ms.append(b)
-            pred_ms, pred_ratio = latency(counts), latency.predicted_ratio(counts)
-            rows.append({"policy": label, "counts": list(counts), "predicted_ms": pred_ms, "measured_ms": s,
-                         "predicted_ratio": pred_ratio, "measured_ratio": s / b,
-                         "flops_ratio": pruner.flops(counts) / pruner.flops.full,
-                         "abs_rel_err": abs(pred_ms - s) / s, "ratio_abs_rel_err": abs(pred_ratio - s / b) / (s / b)})
+    rows, base_ms = measure_policies(pruner, latency, plans, runtime, batch, threads, repeats, warmup, base, progress)
     med, p90, worst = _summary([r["abs_rel_err"] for r in rows])
     rmed, rp90, rworst = _summary([r["ratio_abs_rel_err"] for r in rows])
     out = {"runtime": runtime, "batch": batch, "threads": threads, "target": target, "channel_round": channel_round,

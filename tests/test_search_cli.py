@@ -459,9 +459,21 @@ def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
                         synthetic_latency(pruner))
     run = tmp_path / "run"
     assert main(search_args(setup, run, "--budget", "latency", "--target", "0.4", "--fill-budget", "--episodes", "5",
-                            "--warmup", "2", "--quiet", "--json")) == 0
+                            "--warmup", "2", "--verify-top", "3", "--quiet", "--json")) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     episodes = read_episodes(run)
+    # --verify-top: the 3 best distinct policies timed end to end; the chosen one is the best
+    # measured within the target (or the fastest), and amc prune reads its file
+    verified = json.loads((run / "verified.json").read_text())
+    cands = verified["candidates"]
+    assert len(cands) == len({tuple(c["kept"]) for c in cands}) == min(3, len({tuple(e["kept"]) for e in episodes}))
+    assert [c["reward"] for c in cands] == sorted((c["reward"] for c in cands), reverse=True)
+    assert cands[0]["reward"] == max(e["reward"] for e in episodes) and all(c["measured_ratio"] > 0 for c in cands)
+    fitting = [c for c in cands if c["measured_ratio"] <= 0.4]
+    chosen = fitting[0] if fitting else min(cands, key=lambda c: c["measured_ratio"])
+    assert verified["chosen_episode"] == chosen["episode"] == out["verified"]["chosen_episode"]
+    vp = json.loads((run / "verified_policy.json").read_text())
+    assert [l["kept"] for l in vp["layers"]] == chosen["kept"] and vp["measured_within_target"] == bool(fitting)
     assert all(e["latency_ratio"] <= 0.4 + 1e-12 for e in episodes)
     assert all(e["latency_ratio"] > 0.3 for e in episodes)  # the lower wall fills the latency budget
     best = json.loads((run / "best_policy.json").read_text())
@@ -508,6 +520,12 @@ def test_report_of_a_latency_run_uses_uniform_at_the_latency_budget_and_times_th
     assert main(["report", "--run", str(run2), "--latency", "--repeats", "2"]) == 0
     text = capsys.readouterr().out
     assert "latency pred." in text and "latency: torch, batch 64, 1 thread(s)" in text
+
+
+def test_verify_top_needs_a_latency_budget(setup, tmp_path, capsys):
+    in_process_error(capsys, "--verify-top times policies against a latency target: it needs --budget latency",
+                     *search_args(setup, tmp_path / "run", "--verify-top", "2", "--episodes", "2", "--warmup", "1"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_latency_target_below_the_reachable_minimum_is_refused(setup, tmp_path, capsys, monkeypatch):
