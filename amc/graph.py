@@ -145,6 +145,11 @@ def _trace_shapes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[s
     return infos
 
 
+def _grad_fn_name(node) -> str:
+    fn = getattr(node, "grad_fn", None)
+    return fn.name().lower() if fn is not None and hasattr(fn, "name") else ""
+
+
 @contextlib.contextmanager
 def _tolerant_reshapes(unmapped: list) -> Iterator[None]:
     """Trace through reshapes whose channel mapping Torch-Pruning cannot infer.
@@ -160,6 +165,11 @@ def _tolerant_reshapes(unmapped: list) -> Iterator[None]:
     real = index_mapping.update_reshape_index_mapping
 
     def tolerant(graph, node) -> None:
+        # a reshape that feeds a transpose or permute reorders channels: no map (and no time
+        # spent building Torch-Pruning's per-index maps through it)
+        if any(any(k in _grad_fn_name(n) for k in ("transpose", "permute")) for n in node.outputs):
+            unmapped.append(node)
+            return
         try:
             real(graph, node)
         except ArithmeticError:

@@ -166,3 +166,14 @@ def test_shufflenet_v2_prunes_inside_its_branches() -> None:
     with torch.no_grad():
         assert not torch.allclose(masked(x), model(x))  # it did prune
     assert pruner.flops(counts) == count_macs(slim, (1, 32, 32))
+
+
+def test_zoo_shufflenetv2_keeps_its_resolution_and_prunes_to_half() -> None:
+    """The CIFAR-style zoo model: stride-1 stem, no max-pool; its branches prune to 50% FLOPs."""
+    torch.manual_seed(0)
+    model = randomize_bn(build_model(ModelSpec("shufflenetv2", 1, 10, width=0.5)), 0)
+    pruner = ChannelPruner(model, INPUT)
+    assert pruner.graph.layers["stage2.0.branch2.0"].in_hw == (28, 28)
+    counts = pruner.uniform_counts(0.5)
+    x = torch.randn(2, *INPUT, generator=torch.Generator().manual_seed(1))
+    assert_same_outputs(pruner.prune(counts, False), pruner.masked(counts, False), x)
