@@ -194,8 +194,8 @@ def quantize_model(model: nn.Module, input_shape: Sequence[int], splits: Any, ou
     quantize_onnx(out_dir / FP32_FILE, out_dir / INT8_FILE, batches, fmt, per_channel, method, reduce_range)
     weights = "int8 (7-bit range)" if reduce_range else "int8"
     return {"format": fmt, "weights": f"{weights}, per channel" if per_channel else f"{weights}, per tensor",
-            "reduce_range": reduce_range,
-            "activations": f"{'int8' if fmt == 'qdq' else 'uint8'}, per tensor, static", "calibration": calib, "fp32_onnx": onnx_record,
+            "reduce_range": reduce_range, "activations": f"{'int8' if fmt == 'qdq' else 'uint8'}, per tensor, static",
+            "calibration": calib, "fp32_onnx": onnx_record,
             "versions": {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
                          "torch": torch.__version__.split("+")[0]},
             "int8_dot_instructions": int8_dot_instructions()}

@@ -151,8 +151,9 @@ class FeatureCache:
         if groups > 1:  # as the dense (block-diagonal) conv it is
             n, c = weight.shape[0], weight.shape[1]
             dense = torch.zeros(n, c * groups, *weight.shape[2:], dtype=weight.dtype)
+            rows = n // groups
             for g in range(groups):
-                dense[g * n // groups:(g + 1) * n // groups, g * c:(g + 1) * c] = weight[g * n // groups:(g + 1) * n // groups]
+                dense[g * rows:(g + 1) * rows, g * c:(g + 1) * c] = weight[g * rows:(g + 1) * rows]
             weight = dense
         w = weight.detach().double().reshape(weight.shape[0], -1).T  # (C*kk, n_out)
         return float((w.T @ self.xtx[name] @ w).trace() - 2 * (w * self.xty[name]).sum())
