@@ -16,20 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from agents.run_folder import read_episodes
 from amc.errors import AmcError
 
 _SEED_RUN = re.compile(r"^(?P<algo>[a-z0-9]+)-seed(?P<seed>\d+)$")
-
-
-def read_episodes(run: Path) -> list[dict[str, Any]]:
-    """The finished episodes of one run folder, in order (a torn last line is dropped)."""
-    rows = []
-    for line in (run / "episodes.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a search stopped while writing; the lines before it are whole
-    return rows
 
 
 def _warmup(run: Path) -> int:

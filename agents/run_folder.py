@@ -6,6 +6,7 @@ The folder holds ``config.json`` (written once, before the first episode), ``epi
 """
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import sys
@@ -46,6 +47,18 @@ def stopped_in_setup(run: Path) -> bool:
     jsonl = run / "episodes.jsonl"
     logged = jsonl.is_file() and b"\n" in jsonl.read_bytes()
     return (run / "config.json").is_file() and not (run / STATE_FILE).exists() and not logged
+
+
+def read_episodes(run: Path) -> list[dict[str, Any]]:
+    """The finished episodes of ``run/episodes.jsonl``, in order (a torn last line, from a
+    search stopped while writing it, is dropped)."""
+    rows = []
+    for line in (run / "episodes.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 def read_run_config(run: Path) -> tuple[PruneSpec, SearchConfig, dict[str, Any]]:

@@ -13,10 +13,10 @@ measurement. The search itself, and ``best_policy.json``, are unchanged.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from agents.run_folder import read_episodes
 from amc.checkpoint import atomic_write_json
 from amc.policy import write_policy
 
@@ -24,7 +24,7 @@ from amc.policy import write_policy
 def top_policies(run: Path, k: int) -> list[dict[str, Any]]:
     """The ``k`` best distinct policies of a run's ``episodes.jsonl``, best reward first (the
     earlier episode first among equal rewards)."""
-    rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    rows = read_episodes(run)
     out: list[dict[str, Any]] = []
     seen: set[tuple[int, ...]] = set()
     for row in sorted(rows, key=lambda r: (-r["reward"], r["episode"])):
