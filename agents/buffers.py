@@ -40,7 +40,8 @@ class EpisodeRewardBuffer(ReplayBuffer):
 
     Args:
         buffer_size, observation_space, action_space, device, n_envs, **kwargs: as for
-            SB3's ReplayBuffer (one env only: an episode is a sequence of layers).
+            SB3's ReplayBuffer. With several envs (``--envs N``) their episodes must run in
+            lockstep, ending at the same step, as AMC's do (one step per prunable layer).
         baseline_rate: the moving baseline's step size (official: 0.5); 0 turns it off.
         stored_action: ``"applied"`` (default) stores the action the env applied, read from
             ``info[applied_action_key]``; ``"agent"`` stores the agent's own action, as the
@@ -55,8 +56,6 @@ class EpisodeRewardBuffer(ReplayBuffer):
                  device: Any = "auto", n_envs: int = 1, baseline_rate: float = 0.5,
                  stored_action: str = "applied", applied_action_key: str | None = "applied_action",
                  **kwargs: Any) -> None:
-        if n_envs != 1:
-            raise ValueError("EpisodeRewardBuffer needs a single environment")
         if stored_action not in self.STORED_ACTIONS:
             raise ValueError(f"stored_action must be one of {', '.join(self.STORED_ACTIONS)}, got {stored_action!r}")
         super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs, **kwargs)
@@ -69,18 +68,23 @@ class EpisodeRewardBuffer(ReplayBuffer):
     def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
             done: np.ndarray, infos: list[dict[str, Any]]) -> None:
         """Queue one step; on the episode's last step, store all of them with its reward."""
-        info = infos[0] if infos else {}
-        if self.applied_action_key is not None and self.applied_action_key in info:
-            action = self._to_buffer_scale(info[self.applied_action_key])
+        infos = list(infos) if infos else [{} for _ in range(self.n_envs)]
+        if self.applied_action_key is not None and all(self.applied_action_key in i for i in infos):
+            action = self._to_buffer_scale([i[self.applied_action_key] for i in infos])
         # the vec env reuses its arrays, so keep copies until the episode ends
-        self.pending.append((np.array(obs), np.array(next_obs), np.array(action), np.array(done), [dict(info)]))
-        if not bool(np.asarray(done).reshape(-1)[0]):
+        self.pending.append((np.array(obs), np.array(next_obs), np.array(action), np.array(done),
+                             [dict(i) for i in infos]))
+        ended = np.asarray(done).reshape(-1).astype(bool)
+        if not ended.any():
             return
-        final = np.asarray(reward, dtype=np.float32).reshape(1)
+        if not ended.all():
+            self.pending = []
+            raise ValueError("the episodes of several envs must end at the same step")
+        final = np.asarray(reward, dtype=np.float32).reshape(self.n_envs)
         if not np.isfinite(final).all():
             # the env scores a failed evaluation with a finite worst reward; anything else is a bug
             self.pending = []
-            raise ValueError(f"non-finite episode reward {float(final[0])}: refusing to store it")
+            raise ValueError(f"non-finite episode reward {final.tolist()}: refusing to store it")
         for o, no, a, d, inf in self.pending:
             super().add(o, no, a, final, d, inf)
         self.pending = []
@@ -88,7 +92,7 @@ class EpisodeRewardBuffer(ReplayBuffer):
     def _to_buffer_scale(self, applied: Any) -> np.ndarray:
         """An action in the env's Box as SB3 stores it: rescaled to [-1, 1]."""
         low, high = self.action_space.low, self.action_space.high
-        a = np.asarray(applied, dtype=np.float32).reshape(1, -1)
+        a = np.asarray(applied, dtype=np.float32).reshape(self.n_envs, -1)
         return (2.0 * (a - low) / (high - low) - 1.0).astype(np.float32)
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:

@@ -248,10 +248,10 @@ class SearchCallback(BaseCallback):
     def _on_step(self) -> bool:
         if self.should_stop is not None and self.should_stop():
             return False  # SB3 returns before storing this step
-        if bool(self.locals["dones"][0]):
-            info = self.locals["infos"][0]
-            self._log_sigma(self.log.episodes, int(info.get("t", 0)) + 1)
-            self.log.on_episode(info)
+        for done, info in zip(self.locals["dones"], self.locals["infos"]):
+            if done:  # with --envs N, the N episodes of a round end together; logged in env order
+                self._log_sigma(self.log.episodes, int(info.get("t", 0)) + 1)
+                self.log.on_episode(info)
         return True
 
     def _log_sigma(self, episode: int, layers: int) -> None:
@@ -260,7 +260,8 @@ class SearchCallback(BaseCallback):
             return
         if episode * layers < self.model.learning_starts:
             return  # a warm-up episode: uniform random actions, no noise
-        self.log.writer.add_scalar("explore/sigma", noise.sigma_at(episode) / self.sigma_scale, episode)
+        # the sigma the episode was played with: that of its round's first episode
+        self.log.writer.add_scalar("explore/sigma", noise.sigma / self.sigma_scale, episode)
 
     def _between_episodes(self) -> None:
         n = self.log.episodes

@@ -76,6 +76,9 @@ class SearchConfig:
     """torch CPU threads (None: torch's choice)."""
     save_every: int = option(1, "save the search state every N episodes (Ctrl-C and SIGTERM save it anyway)",
                              group=SEARCH, metavar="N")
+    envs: int = option(1, "environments stepped side by side, each in its own process; the agent updates after "
+                          "every N episodes (--episodes and the warm-up must be multiples of N)", group=SEARCH,
+                       metavar="N")
     verify_top: int = option(0, "with a latency table: at the end, time the K best distinct policies end to end and "
                                 "write RUN/verified_policy.json, the best one measured at or under the target "
                                 "(0: off)", group=SEARCH, metavar="K")
@@ -115,9 +118,14 @@ class SearchConfig:
             if getattr(self, name) not in allowed:
                 raise AmcError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                f"got {getattr(self, name)!r}")
+        if self.envs > 1:
+            for what, n in (("--episodes", self.episodes), ("the warm-up", random_episodes if self.learns else 0)):
+                if n % self.envs:
+                    raise AmcError(f"{what} ({n}) must be a multiple of --envs ({self.envs}): the episodes run "
+                                   "in rounds of N")
         if self.verify_top < 0:
             raise AmcError(f"--verify-top must be >= 0, got {self.verify_top}")
-        for name in ("batch_size", "buffer_episodes", "eval_batch_size", "threads", "save_every"):
+        for name in ("batch_size", "buffer_episodes", "eval_batch_size", "threads", "save_every", "envs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.hidden or any(h < 1 for h in self.hidden):

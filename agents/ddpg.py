@@ -60,8 +60,21 @@ class TruncatedNormalExploration:
     During the first ``learning_starts`` steps (the warm-up episodes times the layers) the
     actions are uniform over the action space and nothing is learned. Afterwards, when the
     action noise is a :class:`TruncatedNormalNoise`, each action is sampled from it around
-    the actor's deterministic output; any other noise falls back to SB3's behaviour.
+    the actor's deterministic output; any other noise falls back to SB3's behaviour. With
+    several envs (``--envs N``) one generator samples the N actions of a step, and sigma is
+    that of the round's first episode.
     """
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> Any:
+        # SB3 wraps the noise of several envs in a VectorizedActionNoise of deep copies (the
+        # same generator state N times); ours samples one action per env from one generator
+        noise = self.action_noise  # type: ignore[has-type]
+        if isinstance(noise, TruncatedNormalNoise):
+            self.action_noise = None
+        try:
+            return super()._setup_learn(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self.action_noise = noise
 
     def _sample_action(self, learning_starts: int, action_noise: ActionNoise | None = None,
                        n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.noise import ActionNoise
@@ -124,9 +125,10 @@ class TruncatedNormalNoise(ActionNoise):
         """sigma for the current episode."""
         return self.sigma_at(self.episode)
 
-    def reset(self) -> None:
-        """SB3 calls this at the start of ``learn`` and after every episode; the episode
-        index comes from the agent instead (:attr:`episode`), so there is nothing to reset."""
+    def reset(self, indices: Any = None) -> None:
+        """SB3 calls this at the start of ``learn`` and after every episode (with the env's
+        index when there are several); the episode index comes from the agent instead
+        (:attr:`episode`), so there is nothing to reset."""
 
     def sample(self, mu: np.ndarray) -> np.ndarray:
         """One action per entry of ``mu``, from TN(mu, sigma^2) truncated to [low, high].

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents import run_folder
 from agents.buffers import EpisodeRewardBuffer
@@ -31,6 +32,7 @@ from agents.config import SearchConfig, config_dict, read_config
 from agents.ddpg import ALGOS, warmup_steps
 from agents.interrupt import SearchInterrupted, SignalHandler, Stop, installed
 from agents.noise import TruncatedNormalNoise, noise_scale
+from agents.parallel import close_workers, env_options, make_vec_env, run_random_rounds
 from agents.resume import SearchState, load_state
 from amc.api import base_model_copy, latency_record
 from amc.errors import AmcError
@@ -41,15 +43,21 @@ from envs.channel_pruning import ChannelPruningEnv
 __all__ = ["SearchConfig", "SearchInterrupted", "make_agent", "resume_search", "search"]
 
 
-def make_agent(cfg: SearchConfig, env: ChannelPruningEnv, seed: int = 0) -> Any:
-    """The SB3 learner for ``cfg.algo`` with AMC's settings (docs/method.md#ddpg-settings)."""
+def make_agent(cfg: SearchConfig, env: ChannelPruningEnv, seed: int = 0, vec_env: VecEnv | None = None) -> Any:
+    """The SB3 learner for ``cfg.algo`` with AMC's settings (docs/method.md#ddpg-settings).
+
+    ``vec_env``: the learner plays these environments side by side (``--envs N``,
+    :mod:`agents.parallel`) instead of ``env``, which still describes the problem.
+    """
     layers = env.num_layers
     kwargs: dict[str, Any] = dict(
-        policy="MlpPolicy", env=env, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
+        policy="MlpPolicy", env=env if vec_env is None else vec_env, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
         buffer_size=cfg.buffer_episodes * layers, learning_starts=warmup_steps(cfg.warmup, layers, cfg.warmup_convention),
         batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
-        # update after each episode, one gradient step per transition of that episode
-        train_freq=(1, "episode"), gradient_steps=-1, replay_buffer_class=EpisodeRewardBuffer,
+        # update after each episode (after each round of N, which SB3 counts in steps), one
+        # gradient step per new transition
+        train_freq=(1, "episode") if vec_env is None else (layers, "step"), gradient_steps=-1,
+        replay_buffer_class=EpisodeRewardBuffer,
         replay_buffer_kwargs={"baseline_rate": cfg.baseline_rate, "stored_action": cfg.stored_action},
         last_layer_init=cfg.last_layer_init, policy_kwargs={"net_arch": list(cfg.hidden)}, seed=seed, device="cpu",
         verbose=0)
@@ -173,15 +181,14 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
     wrote = False  # a fresh search stopped before its first episode removes what it wrote
     keeper: SearchState | None = None
     log: EpisodeLog | None = None
+    vec: VecEnv | None = None
     signals = SignalHandler()
     with installed(signals):
         try:
-            problem = spec.build(progress=progress, latency=spec.budget == "latency" or cfg.reward == "latency")
+            latency = spec.budget == "latency" or cfg.reward == "latency"
+            problem = spec.build(progress=progress, latency=latency)
             pruner = problem.pruner
-            env = ChannelPruningEnv(problem=problem, reward=cfg.reward, target=spec.target, budget=spec.budget,
-                                    lbound=spec.lbound, channel_round=spec.channel_round,
-                                    fill_budget=spec.fill_budget, reconstruct=spec.reconstruct, device=device,
-                                    eval_batch_size=cfg.eval_batch_size, action_map=cfg.action_map)
+            env = ChannelPruningEnv(problem=problem, **env_options(spec, cfg, device))
             if resumed:
                 base_top1 = config.get("base_reward_top1")
                 if config.get("num_layers") != pruner.num_layers:
@@ -196,7 +203,9 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
                           "seed": spec.seed, "base_reward_top1": base_top1}
             if pruner.latency is not None:
                 best_extra["latency_target"] = latency_record(pruner.latency)
-            agent = make_agent(cfg, env, spec.seed) if cfg.learns else None
+            if cfg.envs > 1:  # the workers build their own copies of the problem (agents.parallel)
+                vec = make_vec_env(spec, cfg, device, latency)
+            agent = make_agent(cfg, env, spec.seed, vec) if cfg.learns else None
             if agent is not None and resumed:
                 agent.env.reset()  # SB3's Monitor wants a reset before the first step; the state overrides it
             log = EpisodeLog(run, pruner, cfg.episodes, best_extra, progress=progress,
@@ -213,6 +222,9 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
                                                     should_stop=signals.stop_requested,
                                                     sigma_scale=noise_scale(env.lbound, env.action_map)),
                             log_interval=1, reset_num_timesteps=not resumed)
+            elif vec is not None:
+                run_random_rounds(vec, env, log, cfg.episodes, spec.seed, keeper, resumed=resumed,
+                                  should_stop=signals.stop_requested)
             else:
                 run_random(env, log, cfg.episodes, spec.seed, keeper, resumed=resumed,
                            should_stop=signals.stop_requested)
@@ -221,6 +233,9 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             keeper.save_latest()
             seconds = log.state_dict()["seconds"]
             log.close()
+            if vec is not None:
+                close_workers(vec)
+                vec = None
             verified = _verify(run, cfg, spec, pruner, progress)
         except Stop as stop:
             saved = keeper.save_latest() if keeper is not None else None
@@ -238,6 +253,9 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             if log is not None:
                 log.close(final=False)
             raise
+        finally:
+            if vec is not None:
+                close_workers(vec)
     assert log.best is not None
     out = run_folder.result(log.best, log.episodes, base_top1, seconds, run,
                             resumed_at=state["log"]["episodes"] if resumed else None)

@@ -210,14 +210,17 @@ def run_search_bench(args: argparse.Namespace) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     out_res = {"model": spec.model, "dataset": spec.dataset, "algo": cfg.algo, "episodes": res["episodes"],
-               "layers": config.get("num_layers"), "seconds_per_episode": res["seconds_per_episode"],
+               "layers": config.get("num_layers"), "envs": cfg.envs, "seconds_per_episode": res["seconds_per_episode"],
+               "episodes_per_second": round(res["episodes"] / res["seconds"], 4) if res["seconds"] else None,
                "search_s": res["seconds"], "wall_s": round(wall, 2),
+               # the search process's own; with --envs N each worker holds its own copy of the problem
                "peak_rss_mib": round(maxrss_kib / 1024, 1),  # Linux reports KiB
                "feature_cache_mib": round(config.get("feature_cache_bytes", 0) / 2**20, 2),
                "threads": config.get("threads"), "machine": f"{platform.machine()}, python {platform.python_version()}"}
     emit(out_res, args.json,
          f"amc bench search: {spec.model} on {spec.dataset}, {cfg.algo}, {res['episodes']} episodes of "
-         f"{out_res['layers']} steps, {out_res['threads']} threads\n"
+         f"{out_res['layers']} steps, {out_res['threads']} threads"
+         + (f" per worker, {cfg.envs} envs\n" if cfg.envs > 1 else "\n") +
          f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
          f"{wall:.1f} s with start-up and set-up)\n"
          f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache {out_res['feature_cache_mib']:.1f} MiB")

@@ -1,0 +1,85 @@
+"""``amc search --envs N``: parallel episodes in worker processes (agents/parallel.py).
+
+The decisions under test: a random search is the same search for every N; a learner's
+search is the same for the same seed and N, also across a SIGKILL and ``--resume``; the
+agent updates once per round of N episodes; bad N is one error line.
+"""
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from agents.buffers import EpisodeRewardBuffer
+from amc.cli import main
+from helpers import in_process_error
+from test_resume import best_policy, curve, in_process, saved_episodes, scalars, stop_after
+from test_search_cli import popen_amc, read_episodes, search_args, setup  # noqa: F401  (setup is a fixture)
+
+
+def test_random_search_is_the_same_for_any_number_of_envs(setup, tmp_path):
+    opts = ("--algo", "random", "--episodes", "6", "--seed", "5", "--quiet")
+    assert main(search_args(setup, tmp_path / "one", *opts)) == 0
+    assert main(search_args(setup, tmp_path / "two", *opts, "--envs", "2")) == 0
+    assert curve(tmp_path / "two") == curve(tmp_path / "one")
+    assert len(read_episodes(tmp_path / "two")) == 6
+    assert best_policy(tmp_path / "two") == best_policy(tmp_path / "one")
+
+
+def test_ddpg_with_two_envs_resumes_after_sigkill_as_if_never_stopped(setup, tmp_path, capsys):
+    episodes, warmup = 12, 2
+    opts = ("--episodes", str(episodes), "--warmup", str(warmup), "--seed", "7", "--envs", "2", "--quiet")
+    killed = tmp_path / "killed"
+    proc = popen_amc(search_args(setup, killed, *opts), tmp_path)
+    reference = tmp_path / "reference"  # runs here while the subprocess starts up
+    assert main(search_args(setup, reference, *opts)) == 0
+    stop_after(proc, killed, 6, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    saved = saved_episodes(killed)
+    assert saved % 2 == 0 and warmup <= saved < episodes  # saved between rounds only
+
+    res = in_process("search", "--resume", killed, "--quiet", capsys=capsys)
+    assert res.returncode == 0, res.stderr
+    assert curve(killed) == curve(reference)
+    assert best_policy(killed) == best_policy(reference)
+
+    # one update per round of two episodes: the losses are logged after the second of each
+    losses = [step for step, _ in scalars(reference)["train/critic_loss"]]
+    assert losses == list(range(warmup + 1, episodes, 2))
+    # and a second search with the same seed and N is the same search
+    again = tmp_path / "again"
+    assert main(search_args(setup, again, *opts)) == 0
+    assert curve(again) == curve(reference)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--envs", "0"), "--envs must be >= 1, got 0"),
+    (("--envs", "4", "--episodes", "6", "--warmup", "4"), "--episodes (6) must be a multiple of --envs (4): the episodes run in rounds "
+                                         "of N"),
+    (("--envs", "4", "--episodes", "8", "--warmup", "2"), "the warm-up (2) must be a multiple of --envs (4): the "
+                                                           "episodes run in rounds of N"),
+])
+def test_bad_envs_is_one_error_line(setup, tmp_path, capsys, extra, message):
+    in_process_error(capsys, message, *search_args(setup, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_buffer_stores_lockstep_episodes_of_several_envs_with_their_own_rewards():
+    obs_space = spaces.Box(0.0, 1.0, (3,), np.float32)
+    act_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    buf = EpisodeRewardBuffer(20, obs_space, act_space, "cpu", n_envs=2)
+    obs = np.zeros((2, 3), np.float32)
+    for t, (done, reward) in enumerate(((False, [0.0, 0.0]), (True, [1.5, -2.0]))):
+        infos = [{"applied_action": 0.25 * (t + 1)}, {"applied_action": 0.5}]
+        buf.add(obs + t, obs + t + 1, np.zeros((2, 1), np.float32), np.array(reward), np.array([done, done]), infos)
+        assert buf.pos == (2 if done else 0)  # nothing is stored until the episodes end
+    # every step of each env's episode carries that env's final reward
+    np.testing.assert_allclose(buf.rewards[:2], [[1.5, -2.0], [1.5, -2.0]])
+    # the applied actions, per env, on SB3's [-1, 1] scale
+    np.testing.assert_allclose(buf.actions[:2, :, 0], [[-0.5, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(buf.observations[:2, 1], [[0, 0, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match="same step"):
+        buf.add(obs, obs, np.zeros((2, 1)), np.zeros(2), np.array([True, False]), [{}, {}])
