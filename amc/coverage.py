@@ -52,9 +52,9 @@ def _line(e: BaseException) -> str:
 
 
 def check_model(name: str, size: int, lbound: float = 0.2, coupled: str = "skip", seed: int = 0) -> dict[str, Any]:
-    """Run the coverage checks on ``tv:NAME`` at ``size`` x ``size``; never raises."""
+    """Run the coverage checks on ``tv:NAME`` (or the zoo's ``NAME``) at ``size`` x ``size``; never raises."""
     from amc.export import check_onnx, export_onnx
-    from amc.models import ModelSpec, build_model
+    from amc.models import ModelSpec, build_model, is_zoo
     from amc.pruner import ChannelPruner
 
     rec: dict[str, Any] = {"model": name, "input_size": size, "prunable_layers": None, "skipped": None,
@@ -63,7 +63,7 @@ def check_model(name: str, size: int, lbound: float = 0.2, coupled: str = "skip"
     stage = "build"
     try:
         torch.manual_seed(seed)
-        model = build_model(ModelSpec(f"tv:{name}", 3, 10)).eval()
+        model = build_model(ModelSpec(name if is_zoo(name) else f"tv:{name}", 3, 10)).eval()
         shape = (3, size, size)
         stage = "graph"
         pruner = ChannelPruner(model, shape, None, coupled=coupled)

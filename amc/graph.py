@@ -77,6 +77,8 @@ class ChannelGroup:
     norms: list[str] = field(default_factory=list)  # BatchNorms sliced along
     residual: bool = False  # the set meets in an add and is pruned as one shared group
     unit: int = 1  # kept counts are multiples of this: the lcm of the groups of the grouped convs it touches
+    shuffle: int = 1  # groups of a channel shuffle between the producers and ``shuffled`` (1: none)
+    shuffled: list[str] = field(default_factory=list)  # layers that read the channels after the shuffle
 
     def step(self, channel_round: int = 1) -> int:
         """The granularity of this set's kept counts under ``channel_round``."""
@@ -87,10 +89,32 @@ class ChannelGroup:
         """The layer whose input this step prunes (AMC's "layer t")."""
         return self.consumers[0]
 
+    def keep_for(self, name: str, keep: torch.Tensor) -> torch.Tensor:
+        """The channels layer ``name`` reads, in the slim model's order, when the producers
+        keep ``keep`` (sorted). Past a channel shuffle they arrive interleaved: the slim
+        model's own shuffle, of fewer channels, decides their order (:mod:`amc.shuffle`)."""
+        if self.shuffle == 1 or name not in self.shuffled:
+            return keep
+        from amc.shuffle import shuffle_source
+
+        dest = torch.empty(self.channels, dtype=torch.long)
+        dest[shuffle_source(self.channels, self.shuffle)] = torch.arange(self.channels)
+        return dest[keep][shuffle_source(len(keep), self.shuffle)]
+
+    def producer_order(self, name: str, values: torch.Tensor) -> torch.Tensor:
+        """Per-channel ``values`` seen at layer ``name``'s input, in the producers' channel order."""
+        if self.shuffle == 1 or name not in self.shuffled:
+            return values
+        from amc.shuffle import shuffle_source
+
+        dest = torch.empty(self.channels, dtype=torch.long)
+        dest[shuffle_source(self.channels, self.shuffle)] = torch.arange(self.channels)
+        return values[dest]
+
     def __str__(self) -> str:
         lines = [f"group {self.index}: {self.channels} channels{' (residual, shared)' if self.residual else ''}"
-                 + (f", in blocks of {self.channels // self.unit} (grouped convs: kept counts are multiples of "
-                    f"{self.unit})" if self.unit > 1 else ""),
+                 + (f", in blocks of {self.channels // self.unit} (grouped convs{' and a channel shuffle' if self.shuffle > 1 else ''}: "
+                    f"kept counts are multiples of {self.unit})" if self.unit > 1 else ""),
                  f"  producers: {', '.join(self.producers)}"]
         if self.norms or self.depthwise:
             lines.append(f"  carried:   {', '.join(self.norms + self.depthwise)}")
@@ -231,7 +255,7 @@ def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str,
             skipped.append((info.name, f"Torch-Pruning cannot follow its channels ({type(e).__name__})"))
             continue
         producers, consumers, dws, norms, units = [], [], [], [], [1]
-        problem, residual = None, False
+        problem, residual, shuffled = None, False, False
         for dep, idxs in group:
             target = dep.target
             name = names.get(target.module, str(target.name))
@@ -241,7 +265,7 @@ def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str,
             if target.type in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.UNBIND):
                 problem = f"passes through a {target.type.name.lower()}"
             if any(target is n for n in unmapped):
-                problem = problem or "passes through a reshape with an unknown channel order (e.g. a channel shuffle)"
+                shuffled = True  # probed below, once the members are known
             if sorted(idxs) != list(range(info.cout)):
                 problem = problem or "channel indices are not one-to-one (flatten, concat or split)"
             m = target.module
@@ -275,12 +299,18 @@ def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str,
             skipped.append((label, "tied to a residual add (left alone; use coupled='shared' to prune as one group)"))
             continue
         order = lambda n: infos[n].order  # noqa: E731
-        unit = math.lcm(*units)
+        unit, shuffle, after = math.lcm(*units), 1, []
+        if shuffled:
+            found = _shuffle(model, input_shape, infos, producers, consumers, dws, norms, info.cout)
+            if isinstance(found, str):
+                skipped.append((label, found))
+                continue
+            unit, shuffle, after = found
         if unit >= info.cout:
             skipped.append((label, f"grouped convs leave no smaller count (blocks of {info.cout // unit})"))
             continue
         groups.append(ChannelGroup(-1, info.cout, sorted(set(producers), key=order), sorted(set(consumers), key=order),
-                                   sorted(set(dws), key=order), sorted(set(norms)), residual, unit))
+                                   sorted(set(dws), key=order), sorted(set(norms)), residual, unit, shuffle, after))
     # a step is "layer t": order the groups by where their first consumer runs
     groups.sort(key=lambda g: infos[g.layer].order)
     for i, g in enumerate(groups):
@@ -297,6 +327,39 @@ def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str,
     counted = sum(i.params() for i in infos.values()) + sum(2 * f for f, _ in norms.values())
     other = sum(p.numel() for p in model.parameters()) - counted
     return LayerGraph(infos, groups, skipped, norms, tuple(input_shape), other)
+
+
+def _shuffle(model: nn.Module, input_shape: tuple[int, int, int], infos: dict[str, LayerInfo], producers: list[str],
+             consumers: list[str], dws: list[str], norms: list[str], channels: int) -> tuple[int, int, list[str]] | str:
+    """A set traced through a reshape without a channel map: ``(cells, shuffle groups, layers
+    after the shuffle)`` when the map is a channel shuffle it can be pruned through, else why not."""
+    from amc.shuffle import cells, probe_sources, shuffle_groups
+
+    unknown = "passes through a reshape with an unknown channel order"
+    producers, readers = sorted(set(producers)), sorted(set(consumers + dws + norms))
+    if len(producers) != 1:
+        return unknown + " and has several producers"
+    sources = probe_sources(model, input_shape, producers[0], readers, sorted(set(dws + norms)), channels)
+    if sources is None:
+        return unknown + " (not a permutation of the producer's channels)"
+    found = {n: shuffle_groups(src) for n, src in sources.items()}
+    shuffles = {g for g in found.values() if g != 1}
+    if None in found.values() or len(shuffles) > 1:
+        return unknown + " (not one channel shuffle)"
+    group_of = lambda n: infos[n].groups if infos[n].kind == "conv" else 1  # noqa: E731
+    if not shuffles:  # a shuffle of one group: the channels keep their order
+        return math.lcm(*(group_of(n) for n in producers + consumers)), 1, []
+    shuffle = shuffles.pop()
+    after = [n for n in readers if found[n] != 1]
+    pre = [group_of(producers[0])] + [group_of(n) for n in consumers if n not in after]
+    post = [group_of(n) for n in consumers if n in after]
+    unit = cells(channels, pre, post, shuffle)
+    if unit is None:
+        return (f"a channel shuffle of {shuffle} groups whose grouped convs do not split its {channels} channels "
+                "into equal cells")
+    if unit >= channels:
+        return f"a channel shuffle leaves no smaller count (cells of {channels // unit})"
+    return unit, shuffle, sorted(after, key=lambda n: infos[n].order if n in infos else -1)
 
 
 def _feeds_layer(name: str, infos: dict[str, LayerInfo], dg, model: nn.Module) -> bool:

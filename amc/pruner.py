@@ -109,7 +109,7 @@ class ChannelPruner:
                 continue
             for name in g.consumers:
                 w = self.model.get_submodule(name).weight.data
-                out[name] = self.cache.solve(name, keep[g.index], w)
+                out[name] = self.cache.solve(name, g.keep_for(name, keep[g.index]), w)
         return out
 
     def prune(self, counts: Sequence[int], reconstruct: bool = True) -> nn.Module:

@@ -28,7 +28,7 @@ def _in_slices(m: nn.Module) -> torch.Tensor:
 
 
 def l1_consumer(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
-    return sum(_in_slices(model.get_submodule(n)).double() for n in group.consumers)
+    return sum(group.producer_order(n, _in_slices(model.get_submodule(n)).double()) for n in group.consumers)
 
 
 def l1_producer(model: nn.Module, group: ChannelGroup) -> torch.Tensor:

@@ -33,7 +33,7 @@ class PruneSpec:
     """What is pruned, on which data, how, and to which budget."""
 
     # --- the model
-    model: str = option("plain20", "zoo name (plain20, resnet20, resnet56, vgg16, mobilenet, mobilenetv2, shufflenetv2), tv:NAME "
+    model: str = option("plain20", "zoo name (plain20, resnet20, resnet56, vgg16, mobilenet, mobilenetv2, shufflenetv2, shufflenetv1), tv:NAME "
                         "for a torchvision model, or path/to/file.py:factory", group=MODEL)
     weights: str | None = option(None, ".safetensors or .pt state_dict; zoo models default to the shipped weights",
                                  group=MODEL)

@@ -34,7 +34,7 @@ def slim_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tensor]
     for name, li in graph.layers.items():
         m = slim.get_submodule(name)
         w = weights.get(name, m.weight.data)
-        in_idx = keep[li.in_group] if li.in_group is not None else None
+        in_idx = graph.groups[li.in_group].keep_for(name, keep[li.in_group]) if li.in_group is not None else None
         out_idx = keep[li.out_group] if li.out_group is not None else None
         if li.kind == "dwconv":
             if in_idx is None:
@@ -60,7 +60,7 @@ def slim_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tensor]
         if g is None:
             continue
         bn = slim.get_submodule(name)
-        idx = keep[g]
+        idx = graph.groups[g].keep_for(name, keep[g])
         bn.weight = _param(bn.weight.data.index_select(0, idx))
         bn.bias = _param(bn.bias.data.index_select(0, idx))
         if bn.running_mean is not None:
@@ -92,11 +92,11 @@ def masked_model(model: nn.Module, graph: LayerGraph, keep: Sequence[torch.Tenso
     masked = copy.deepcopy(model)
     weights = weights or {}
     for g in graph.groups:
-        drop = torch.ones(g.channels, dtype=torch.bool)
-        drop[keep[g.index]] = False
         for name in g.consumers:
             m = masked.get_submodule(name)
             w = weights.get(name, m.weight.data).clone()
+            drop = torch.ones(g.channels, dtype=torch.bool)
+            drop[g.keep_for(name, keep[g.index])] = False  # past a channel shuffle, in the order it reads them
             groups = getattr(m, "groups", 1)  # a grouped conv's block g of outputs reads block g of the inputs
             w.view(groups, w.shape[0] // groups, *w.shape[1:])[drop.view(groups, 1, -1).expand(
                 -1, w.shape[0] // groups, -1)] = 0

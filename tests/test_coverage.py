@@ -18,7 +18,7 @@ HALF = ["shufflenet_v2_x0_5", "regnet_x_400mf", "regnet_y_400mf", "resnext50_32x
 
 def test_a_model_that_works_and_one_that_does_not(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cov"
-    assert main(["bench", "coverage", "--models", "mobilenet_v3_small", "convnext_tiny", "--out", str(out),
+    assert main(["bench", "coverage", "--models", "mobilenet_v3_small", "convnext_tiny", "shufflenetv1", "--out", str(out),
                  "--threads", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = {r["model"]: r for r in res["rows"]}
@@ -27,13 +27,15 @@ def test_a_model_that_works_and_one_that_does_not(tmp_path: Path, capsys) -> Non
     assert good["prunable_layers"] > 10 and 0 < good["min_flops_ratio"] < 0.5 and good["params"] > 1e6
     bad = rows["convnext_tiny"]  # its blocks are layer-normalised: nothing prunable
     assert bad["stage"] == "graph" and "the model has no prunable layer" in bad["error"] and bad["parity"] is None
-    assert res["pruned_end_to_end"] == 1
+    v1 = rows["shufflenetv1"]  # a zoo name: its bottlenecks prune through the channel shuffle
+    assert v1["parity"] is True and v1["onnx"] is True and v1["prunable_layers"] == 16 and v1["min_flops_ratio"] < 0.5
+    assert res["pruned_end_to_end"] == 2
     assert json.loads((out / "coverage.json").read_text())["rows"] == res["rows"]
     assert "| mobilenet_v3_small | 2.5 | 32 | " in (out / "coverage.md").read_text()
 
 
 def test_bad_input(tmp_path: Path, capsys) -> None:
-    in_process_error(capsys, "not a torchvision classification model: resnet9000", "bench", "coverage", "--models",
+    in_process_error(capsys, "not a torchvision classification model or a zoo name: resnet9000", "bench", "coverage", "--models",
                      "resnet9000", "--out", str(tmp_path / "c"))
     in_process_error(capsys, "every model named is over --max-params 1M", "bench", "coverage", "--models",
                      "resnet18", "--max-params", "1", "--out", str(tmp_path / "c"))

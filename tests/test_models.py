@@ -13,7 +13,7 @@ from amc.models import ZOO, ModelSpec, build_model, is_zoo
 
 from helpers import TINY_NET, exactly
 
-ZOO_NAMES = ["plain20", "resnet20", "resnet56", "vgg16", "mobilenet", "mobilenetv2", "shufflenetv2"]
+ZOO_NAMES = ["plain20", "resnet20", "resnet56", "vgg16", "mobilenet", "mobilenetv2", "shufflenetv2", "shufflenetv1"]
 
 
 def test_zoo_lists_the_paper_models() -> None:
@@ -60,7 +60,7 @@ def test_width_is_refused_for_non_zoo_models() -> None:
 
 def test_unknown_model_names_are_amc_errors() -> None:
     with pytest.raises(AmcError, match=exactly("unknown model 'resnet21'; choose one of mobilenet, mobilenetv2, "
-                                               "plain20, resnet20, resnet56, shufflenetv2, vgg16, tv:NAME or path/to/file.py:factory")):
+                                               "plain20, resnet20, resnet56, shufflenetv1, shufflenetv2, vgg16, tv:NAME or path/to/file.py:factory")):
         build_model(ModelSpec("resnet21"))
     with pytest.raises(AmcError, match=exactly("unknown torchvision model 'resnet19'")):
         build_model(ModelSpec("tv:resnet19"))

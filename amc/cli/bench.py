@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "fails. Writes OUT/coverage.json and OUT/coverage.md.")
     pc.add_argument("--max-params", type=bounded(float, "--max-params", 0, lo_open=True), default=30.0,
                     help="largest model tried, in millions of parameters (default 30)")
-    pc.add_argument("--models", nargs="+", default=None, help="only these torchvision names (default: all)")
+    pc.add_argument("--models", nargs="+", default=None, help="only these torchvision names, or zoo names (default: every torchvision model)")
     pc.add_argument("--lbound", type=bounded(float, "--lbound", 0, 1, lo_open=True), default=0.2,
                     help="the lower bound of the smallest reachable model (default 0.2)")
     pc.add_argument("--coupled", default="skip", choices=["skip", "shared"],
@@ -236,11 +236,16 @@ def run_coverage(args: argparse.Namespace) -> int:
     setup_threads(args)
     models = torchvision_models(int(args.max_params * 1e6))
     if args.models:
-        known = {m[0] for m in torchvision_models()}
+        from amc.flops import count_params
+        from amc.models import ZOO, ModelSpec, build_model
+
+        known = {m[0] for m in torchvision_models()} | set(ZOO)
         unknown = [m for m in args.models if m not in known]
         if unknown:
-            raise AmcError(f"not a torchvision classification model: {unknown[0]}")
-        models = [m for m in models if m[0] in args.models]
+            raise AmcError(f"not a torchvision classification model or a zoo name: {unknown[0]}")
+        # zoo models are CIFAR-style: 32 pixels
+        models = [m for m in models if m[0] in args.models] + [
+            (m, count_params(build_model(ModelSpec(m, 3, 10))), 32) for m in args.models if m in ZOO]
         if not models:
             raise AmcError(f"every model named is over --max-params {args.max_params:g}M")
     out = fresh_out_dir(args.out)

@@ -3,7 +3,7 @@
 A model spec is one of:
 
 - a zoo name: ``plain20``, ``resnet20``, ``resnet56``, ``vgg16``, ``mobilenet``, ``mobilenetv2``,
-  ``shufflenetv2``;
+  ``shufflenetv2``, ``shufflenetv1``;
 - ``tv:NAME``: any torchvision classification model, built without downloading weights;
 - ``path/to/file.py:factory``: a callable with no arguments that returns an ``nn.Module``.
 """
@@ -21,7 +21,7 @@ from torch import nn
 from amc.errors import AmcError
 from amc.models.mobilenet import mobilenet, mobilenetv2
 from amc.models.resnet_cifar import plain20, resnet20, resnet56
-from amc.models.shufflenet import shufflenetv2
+from amc.models.shufflenet import shufflenetv1, shufflenetv2
 from amc.models.vgg import vgg16
 
 ZOO: dict[str, Callable[..., nn.Module]] = {
@@ -32,6 +32,7 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "mobilenet": mobilenet,
     "mobilenetv2": mobilenetv2,
     "shufflenetv2": shufflenetv2,
+    "shufflenetv1": shufflenetv1,
 }
 
 
