@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import SubprocVecEnv
+from tqdm import tqdm
 
 from amc.spec import PruneSpec
 from envs.channel_pruning import ChannelPruningEnv
@@ -44,6 +46,9 @@ def _worker_env(spec: PruneSpec, options: dict[str, Any], threads: int, latency:
     # between rounds and closes the workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing semaphore: a worker killed while holding one
+    # (out of memory) would leave a "leaked semaphore" warning at exit; a thread lock suffices
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
     set_random_seed(spec.seed)
     problem = spec.build(progress=False, latency=latency)
@@ -63,13 +68,25 @@ def make_vec_env(spec: PruneSpec, cfg: Any, device: Any, latency: bool) -> Subpr
 
 
 def close_workers(vec: SubprocVecEnv) -> None:
-    """Stop the workers; one that already died (a signal during its start-up) is not an error."""
-    try:
-        vec.close()
-    except (BrokenPipeError, EOFError, ConnectionResetError):
-        for process in vec.processes:
-            if process.is_alive():
-                process.terminate()
+    """Stop the workers. After a worker died (or mid-step) SB3's ``close`` would wait for
+    answers that never come, so then each live worker is asked to stop, and terminated if
+    it does not."""
+    if not vec.waiting and all(p.is_alive() for p in vec.processes):
+        try:
+            vec.close()
+            return
+        except (BrokenPipeError, EOFError, ConnectionResetError):
+            pass
+    for remote in vec.remotes:
+        try:
+            remote.send(("close", None))
+        except (BrokenPipeError, EOFError, ConnectionResetError, OSError):
+            pass
+    for process in vec.processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.terminate()
+    vec.closed = True
 
 
 def run_random_rounds(vec: SubprocVecEnv, env: ChannelPruningEnv, log: Any, episodes: int, seed: int,

@@ -249,9 +249,14 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
                 run_folder.remove(run, tuple(n for n in run_folder.FILES if not (restart and n == "config.json")))
             raise SearchInterrupted(run, saved, cfg.episodes, stop.signum,
                                     resumable=saved is not None or resumed or restart) from None
-        except BaseException:
+        except BaseException as e:
             if log is not None:
                 log.close(final=False)
+            if vec is not None and isinstance(e, (EOFError, BrokenPipeError, ConnectionResetError)):
+                saved = keeper.saved_episodes if keeper is not None else None
+                raise AmcError(f"a worker process of --envs {cfg.envs} died (out of memory?); "
+                               + (f"{saved} episodes are saved, resume with: amc search --resume {run}"
+                                  if saved else "nothing was saved")) from e
             raise
         finally:
             if vec is not None:

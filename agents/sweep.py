@@ -55,7 +55,8 @@ def plan(spec: PruneSpec, cfg: SearchConfig, models: Sequence[str], targets: Seq
             for seed in seeds:
                 for algo in algos:
                     s = spec.replace(model=model, target=target, seed=seed).validate()
-                    c = algo_config(cfg, algo, threads=cpus_per_trial)
+                    # --envs N: the trial's N worker processes share its CPUs
+                    c = algo_config(cfg, algo, threads=max(1, int(cpus_per_trial) // cfg.envs))
                     trials.append(Trial(group, algo, seed, s, c, str(Path(out) / group / f"{algo}-seed{seed}")))
     return trials
 

@@ -6,7 +6,9 @@ agent updates once per round of N episodes; bad N is one error line.
 """
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +85,38 @@ def test_buffer_stores_lockstep_episodes_of_several_envs_with_their_own_rewards(
     np.testing.assert_allclose(buf.observations[:2, 1], [[0, 0, 0], [1, 1, 1]])
     with pytest.raises(ValueError, match="same step"):
         buf.add(obs, obs, np.zeros((2, 1)), np.zeros(2), np.array([True, False]), [{}, {}])
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): the forkserver and the env workers."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
+def test_a_dead_worker_is_one_error_line_and_the_search_resumes(setup, tmp_path, capsys):
+    opts = ("--algo", "random", "--episodes", "40", "--seed", "2", "--envs", "2", "--quiet")
+    run = tmp_path / "run"
+    proc = popen_amc(search_args(setup, run, *opts), tmp_path)
+    stop_after(proc, run, 2, 0)  # signal 0: only wait until two episodes are logged
+    workers = [p for p in _descendants(proc.pid)]
+    assert workers, "no worker processes found"
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert err.startswith("error: a worker process of --envs 2 died") and len(err.splitlines()) == 1, err
+    assert "resume with: amc search --resume" in err
+    res = in_process("search", "--resume", run, "--quiet", capsys=capsys)
+    assert res.returncode == 0, res.stderr
+    assert len(read_episodes(run)) == 40
