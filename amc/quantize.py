@@ -146,6 +146,11 @@ def quantize_onnx(fp32: str | Path, int8: str | Path, batches: Sequence[np.ndarr
         except Exception as e:  # the quantizer raises many types; the user needs one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise AmcError(f"onnxruntime could not quantize the model: {type(e).__name__}: {first}") from e
+        # the shape annotations the pre-processing added: onnxruntime infers shapes itself, and
+        # in a small model they are a few percent of the file
+        model = onnx.load(str(out))
+        del model.graph.value_info[:]
+        onnx.save(model, str(out))
         os.replace(out, int8)
 
 
