@@ -84,7 +84,8 @@ class EpisodeRewardBuffer(ReplayBuffer):
         if not np.isfinite(final).all():
             # the env scores a failed evaluation with a finite worst reward; anything else is a bug
             self.pending = []
-            raise ValueError(f"non-finite episode reward {final.tolist()}: refusing to store it")
+            raise ValueError(f"non-finite episode reward {', '.join(str(float(v)) for v in final)}: "
+                             "refusing to store it")
         for o, no, a, d, inf in self.pending:
             super().add(o, no, a, final, d, inf)
         self.pending = []

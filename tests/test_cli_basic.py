@@ -81,7 +81,7 @@ def test_train_on_the_real_training_split(run_amc, tmp_path: Path) -> None:
 def test_unknown_model(run_amc, tiny_data_dir: Path, cli_error) -> None:
     cli_error(run_amc("eval", "--model", "resnet21", "--data-dir", tiny_data_dir),
               "unknown model 'resnet21'; choose one of mobilenet, mobilenetv2, plain20, resnet20, resnet56, "
-              "shufflenetv2, vgg16, tv:NAME or path/to/file.py:factory")
+              "shufflenetv1, shufflenetv2, vgg16, tv:NAME or path/to/file.py:factory")
 
 
 def test_unknown_dataset(run_amc, cli_error) -> None:
