@@ -256,7 +256,7 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
                 saved = keeper.saved_episodes if keeper is not None else None
                 raise AmcError(f"a worker process of --envs {cfg.envs} died (out of memory?); "
                                + (f"{saved} episodes are saved, resume with: amc search --resume {run}"
-                                  if saved else "nothing was saved")) from e
+                                  if saved is not None else "nothing was saved")) from e
             raise
         finally:
             if vec is not None:
