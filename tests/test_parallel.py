@@ -110,10 +110,14 @@ def test_a_dead_worker_is_one_error_line_and_the_search_resumes(setup, tmp_path,
     run = tmp_path / "run"
     proc = popen_amc(search_args(setup, run, *opts), tmp_path)
     stop_after(proc, run, 2, 0)  # signal 0: only wait until two episodes are logged
-    workers = [p for p in _descendants(proc.pid)]
+    workers = _descendants(proc.pid)
     assert workers, "no worker processes found"
     os.kill(workers[-1], signal.SIGKILL)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)  # it must not hang waiting for the dead worker
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 2, err
     assert err.startswith("error: a worker process of --envs 2 died") and len(err.splitlines()) == 1, err
     assert "resume with: amc search --resume" in err
