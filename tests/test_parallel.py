@@ -31,13 +31,13 @@ def test_random_search_is_the_same_for_any_number_of_envs(setup, tmp_path):
 
 
 def test_ddpg_with_two_envs_resumes_after_sigkill_as_if_never_stopped(setup, tmp_path, capsys):
-    episodes, warmup = 12, 2
+    episodes, warmup = 8, 2
     opts = ("--episodes", str(episodes), "--warmup", str(warmup), "--seed", "7", "--envs", "2", "--quiet")
     killed = tmp_path / "killed"
     proc = popen_amc(search_args(setup, killed, *opts), tmp_path)
     reference = tmp_path / "reference"  # runs here while the subprocess starts up
     assert main(search_args(setup, reference, *opts)) == 0
-    stop_after(proc, killed, 6, signal.SIGKILL)
+    stop_after(proc, killed, 4, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     saved = saved_episodes(killed)
@@ -51,10 +51,7 @@ def test_ddpg_with_two_envs_resumes_after_sigkill_as_if_never_stopped(setup, tmp
     # one update per round of two episodes: the losses are logged after the second of each
     losses = [step for step, _ in scalars(reference)["train/critic_loss"]]
     assert losses == list(range(warmup + 1, episodes, 2))
-    # and a second search with the same seed and N is the same search
-    again = tmp_path / "again"
-    assert main(search_args(setup, again, *opts)) == 0
-    assert curve(again) == curve(reference)
+    # (the killed-and-resumed search and the reference ran in two processes: same seed and N, same search)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -104,6 +101,7 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
 def test_a_dead_worker_is_one_error_line_and_the_search_resumes(setup, tmp_path, capsys):
     opts = ("--algo", "random", "--episodes", "40", "--seed", "2", "--envs", "2", "--quiet")
