@@ -95,21 +95,17 @@ class ChannelGroup:
         model's own shuffle, of fewer channels, decides their order (:mod:`amc.shuffle`)."""
         if self.shuffle == 1 or name not in self.shuffled:
             return keep
-        from amc.shuffle import shuffle_source
+        from amc.shuffle import shuffle_dest, shuffle_source
 
-        dest = torch.empty(self.channels, dtype=torch.long)
-        dest[shuffle_source(self.channels, self.shuffle)] = torch.arange(self.channels)
-        return dest[keep][shuffle_source(len(keep), self.shuffle)]
+        return shuffle_dest(self.channels, self.shuffle)[keep][shuffle_source(len(keep), self.shuffle)]
 
     def producer_order(self, name: str, values: torch.Tensor) -> torch.Tensor:
         """Per-channel ``values`` seen at layer ``name``'s input, in the producers' channel order."""
         if self.shuffle == 1 or name not in self.shuffled:
             return values
-        from amc.shuffle import shuffle_source
+        from amc.shuffle import shuffle_dest
 
-        dest = torch.empty(self.channels, dtype=torch.long)
-        dest[shuffle_source(self.channels, self.shuffle)] = torch.arange(self.channels)
-        return values[dest]
+        return values[shuffle_dest(self.channels, self.shuffle)]
 
     def __str__(self) -> str:
         lines = [f"group {self.index}: {self.channels} channels{' (residual, shared)' if self.residual else ''}"

@@ -33,6 +33,13 @@ def shuffle_source(channels: int, groups: int) -> torch.Tensor:
     return (q % groups) * m + q // groups
 
 
+def shuffle_dest(channels: int, groups: int) -> torch.Tensor:
+    """For each channel before a shuffle of ``groups`` groups, where it lands (the inverse of :func:`shuffle_source`)."""
+    dest = torch.empty(channels, dtype=torch.long)
+    dest[shuffle_source(channels, groups)] = torch.arange(channels)
+    return dest
+
+
 def probe_sources(model: nn.Module, input_shape: tuple[int, ...], producer: str, readers: list[str],
                   passthrough: list[str], channels: int) -> dict[str, torch.Tensor] | None:
     """For each layer in ``readers``: which channel of ``producer`` reaches each of its input channels.
@@ -103,8 +110,7 @@ def cells(channels: int, pre_groups: list[int], post_groups: list[int], groups: 
     blocks of the grouped convs before (``pre_groups``) and after (``post_groups``) a shuffle
     of ``groups`` groups do not split the producer's channels into equal contiguous cells."""
     p = torch.arange(channels)
-    q = torch.empty(channels, dtype=torch.long)
-    q[shuffle_source(channels, groups)] = torch.arange(channels)  # where each channel goes
+    q = shuffle_dest(channels, groups)  # where each channel goes
     key = torch.zeros(channels, dtype=torch.long)
     for g in pre_groups:
         key = key * g + p // (channels // g)
