@@ -79,6 +79,7 @@ class ChannelGroup:
     unit: int = 1  # kept counts are multiples of this: the lcm of the groups of the grouped convs it touches
     shuffle: int = 1  # groups of a channel shuffle between the producers and ``shuffled`` (1: none)
     shuffled: list[str] = field(default_factory=list)  # layers that read the channels after the shuffle
+    reshaped: bool = False  # the channels pass a reshape whose map was probed (a shuffle, maybe of one group)
 
     def step(self, channel_round: int = 1) -> int:
         """The granularity of this set's kept counts under ``channel_round``."""
@@ -202,7 +203,8 @@ def _tolerant_reshapes(unmapped: list) -> Iterator[None]:
         index_mapping.update_reshape_index_mapping = real
 
 
-def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupled: str = "skip") -> LayerGraph:
+def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupled: str = "skip",
+                      leave_shuffles: dict[str, str] | None = None) -> LayerGraph:
     """Find the prunable channel groups of ``model`` for inputs of shape ``(C, H, W)``.
 
     Args:
@@ -210,6 +212,9 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
         input_shape: one input's shape.
         coupled: ``"skip"`` leaves residual-tied channels alone; ``"shared"`` prunes each
             residual-tied set as one group with one ratio.
+        leave_shuffles: sets through a probed reshape to leave alone, by their first
+            producer, with the reason (the pruner's slim/masked check found the slim model's
+            shuffle to differ).
     """
     import torch_pruning as tp
 
@@ -225,11 +230,11 @@ def build_layer_graph(model: nn.Module, input_shape: tuple[int, int, int], coupl
                                                        verbose=False)
         except Exception as e:  # tracing arbitrary user models can fail in many ways
             raise AmcError(f"cannot trace the model's channel dependencies: {type(e).__name__}: {e}") from e
-        return _classify(model, input_shape, coupled, infos, dg, unmapped)
+        return _classify(model, input_shape, coupled, infos, dg, unmapped, leave_shuffles)
 
 
 def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str, infos: dict[str, LayerInfo],
-              dg, unmapped: list) -> LayerGraph:
+              dg, unmapped: list, leave_shuffles: dict[str, str] | None = None) -> LayerGraph:
     """The groups of a traced model: Torch-Pruning's coupling, sorted into what we prune and what not."""
     import torch_pruning as tp
 
@@ -302,11 +307,16 @@ def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str,
                 skipped.append((label, found))
                 continue
             unit, shuffle, after = found
+            first = min(producers, key=lambda n: infos[n].order) if producers else None
+            if first in (leave_shuffles or {}):
+                skipped.append((label, leave_shuffles[first]))
+                continue
         if unit >= info.cout:
             skipped.append((label, f"grouped convs leave no smaller count (blocks of {info.cout // unit})"))
             continue
         groups.append(ChannelGroup(-1, info.cout, sorted(set(producers), key=order), sorted(set(consumers), key=order),
-                                   sorted(set(dws), key=order), sorted(set(norms)), residual, unit, shuffle, after))
+                                   sorted(set(dws), key=order), sorted(set(norms)), residual, unit, shuffle, after,
+                                   reshaped=shuffled))
     # a step is "layer t": order the groups by where their first consumer runs
     groups.sort(key=lambda g: infos[g.layer].order)
     for i, g in enumerate(groups):

@@ -43,14 +43,14 @@ class ChannelPruner:
                  max_cache_bytes: int | None = None) -> None:
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
-        self.graph: LayerGraph = build_layer_graph(model, self.input_shape, coupled)
+        crit = get_criterion(criterion)
+        self._use_graph(build_layer_graph(model, self.input_shape, coupled), crit)
+        bad = self._shuffle_mismatches()
+        if bad:
+            self._use_graph(build_layer_graph(model, self.input_shape, coupled, leave_shuffles=bad), crit)
         if not self.graph.groups:
             why = "; ".join(f"{n}: {r}" for n, r in self.graph.skipped) or "no conv/linear layers"
             raise AmcError(f"the model has no prunable layer ({why})")
-        self.flops = ResourceModel(self.graph, "flops")
-        self.params = ResourceModel(self.graph, "params")
-        crit = get_criterion(criterion)
-        self.scores = [crit(model, g) for g in self.graph.groups]
         self.embedding = LayerEmbedding(self.graph, self.flops)
         self.latency = None  # a LatencyModel once use_latency() gives one
         self.cache: FeatureCache | None = None
@@ -61,6 +61,41 @@ class ChannelPruner:
                                f"{_size(max_cache_bytes)} (--max-cache-mb); raise the limit, or prune "
                                "without reconstruction (--no-reconstruct)")
             self.cache = FeatureCache(model, self.graph, calibration_batches, points_per_image, seed, progress=progress)
+
+    def _use_graph(self, graph: LayerGraph, crit) -> None:
+        self.graph = graph
+        self.flops, self.params = ResourceModel(graph, "flops"), ResourceModel(graph, "params")
+        self.scores = [crit(self.model, g) for g in graph.groups]
+
+    def _shuffle_mismatches(self) -> dict[str, str]:
+        """The sets through a channel shuffle (a probed reshape) whose slim model does not equal the masked one,
+        by first producer, with why (one forward with them all at half width; one per set if
+        that differs).
+
+        The channel map of a shuffle is probed on the full model (:mod:`amc.shuffle`); the
+        slim model's own shuffle then runs on fewer channels. One written with the channel
+        count or group size fixed, instead of read from its input, fails or routes the
+        channels elsewhere, and its set is then left alone.
+        """
+        checked = [g for g in self.graph.groups if g.reshaped]
+        x = torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
+        if not checked or self._slim_mismatch(checked, x) is None:  # all at once first: one forward
+            return {}
+        return {g.producers[0]: why for g in checked if (why := self._slim_mismatch([g], x))}
+
+    def _slim_mismatch(self, groups: list, x: torch.Tensor) -> str | None:
+        counts = [g.channels for g in self.graph.groups]
+        for g in groups:
+            counts[g.index] = round_channels(0.5, g.channels, g.step(1))
+        try:
+            with torch.no_grad():
+                slim, masked = self.prune(counts, reconstruct=False)(x), self.masked(counts, reconstruct=False)(x)
+        except Exception as e:  # a shuffle that reshapes to fixed sizes fails on fewer channels
+            return f"the slim model's channel shuffle fails on fewer channels ({type(e).__name__})"
+        scale = float(masked.abs().max()) or 1.0
+        if slim.shape != masked.shape or float((slim - masked).abs().max()) > 1e-4 * scale:
+            return "the slim model's channel shuffle routes the kept channels differently"
+        return None
 
     @property
     def num_layers(self) -> int:

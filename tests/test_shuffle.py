@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from amc.budget import allowed_counts
+from amc.budget import allowed_counts, round_channels
 from amc.flops import count_macs, count_params
 from amc.models import ModelSpec, build_model
 from amc.models.shufflenet import ShuffleNetV1, channel_shuffle
@@ -89,3 +89,39 @@ def test_a_shuffle_with_unequal_cells_is_left_alone() -> None:
     assert reasons["units.2.conv1"] == ("a channel shuffle of 3 groups whose grouped convs do not split its 60 "
                                         "channels into equal cells")
     assert all(g.shuffle == 1 for g in pruner.graph.groups)
+
+
+def _unit_forward(shuffle):
+    """ShuffleUnit.forward with another channel shuffle in units of more than one group."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = channel_shuffle(out, 1) if self.groups == 1 else shuffle(self, out)
+        out = self.bn3(self.conv3(self.bn2(self.conv2(out))))
+        if self.pool is not None:
+            return self.relu(torch.cat([self.pool(x), out], 1))
+        return self.relu(out + x)
+    return forward
+
+
+def _fixed_group_size(self, out: torch.Tensor) -> torch.Tensor:  # the same map on the full model only
+    n, c, h, w = out.shape
+    m = self.mid // self.groups
+    return out.view(n, c // m, m, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def test_a_shuffle_the_slim_model_cannot_follow_is_left_alone(monkeypatch) -> None:
+    from amc.models.shufflenet import ShuffleUnit
+
+    model = _v1()
+    for unit in model.units:
+        unit.mid = unit.conv1.out_channels
+    monkeypatch.setattr(ShuffleUnit, "forward", _unit_forward(_fixed_group_size))
+    pruner = ChannelPruner(model, INPUT)
+    assert [g.shuffle for g in pruner.graph.groups] == [1]  # only the first unit's set: it has no shuffle
+    prefix = "the slim model's channel shuffle "
+    found = {why[len(prefix):] for _, why in pruner.graph.skipped if why.startswith(prefix)}
+    # a half-width set of 63 channels cannot take the fixed group of 21; one of 27 (groups of 9) can, wrongly
+    assert found == {"fails on fewer channels (RuntimeError)", "routes the kept channels differently"}
+    assert sum(why.startswith(prefix) for _, why in pruner.graph.skipped) == 15
+    counts = [round_channels(0.5, g.channels, g.step(1)) for g in pruner.graph.groups]
+    assert_same_outputs(pruner.prune(counts, False), pruner.masked(counts, False), torch.randn(2, *INPUT))
