@@ -447,3 +447,16 @@ def test_uniform_ladder_lists_each_uniform_model_once_and_nearest_picks_by_measu
             {"policy": "uniform-0.5", "measured_ratio": 0.58}, {"policy": "random-0", "measured_ratio": 0.52}]
     assert nearest_measured(rows, "policy")["policy"] == "uniform-0.5"
     assert nearest_measured(rows, "missing") is None and nearest_measured(rows[:1], "policy") is None
+
+
+def test_blocks_timed_under_the_run_overhead_leave_the_whole_model_to_the_remainder(tmp_path, monkeypatch) -> None:
+    import amc.latency_measure as lmeasure
+
+    zeros = lambda spec, *a, **k: np.zeros((len(spec.in_axis), len(spec.out_axis)))  # noqa: E731
+    monkeypatch.setattr(lmeasure, "measure_block", zeros)
+    model = build_model(ModelSpec(f"{TINY_NET}:factory", 1, 10))
+    graph = build_layer_graph(model, INPUT)
+    lm = build_latency_model(model, graph, batch=2, threads=1, grid_points=2, exact_points=1, cache_dir=tmp_path,
+                             progress=False, repeats=2, warmup=1, min_sample_ms=0.2)
+    assert lm.full == pytest.approx(lm.meta["measured_full_ms"]) and lm.full > 0
+    assert lm.remainder_ms == lm.full and lm(lm.full_counts()) == lm([1] * len(graph.groups))  # no layer costs time
