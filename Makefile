@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 # The stamp depends on pyproject.toml, so changed dependencies reinstall and nothing else does.
 STAMP := $(VENV)/.amc-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
-PYTEST := $(PY) -m pytest -q -x -p no:cacheprovider
+# Two workers (pytest-xdist) by default: CI has 2 cores and the suite is single-threaded per test.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -x -p no:cacheprovider -n $(TEST_WORKERS)
 
 .PHONY: venv setup data test test-slow demo
 
