@@ -9,6 +9,14 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Local runs draw fresh examples (that is how the property tests find bugs); CI
+# (.ci/run sets HYPOTHESIS_PROFILE=ci) draws the same ones every time, so a landing is
+# never decided by a new draw. A failure found locally prints its reproducing blob.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("default", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 from helpers import SUBPROCESS_ENV, TINY_TEST, TINY_TRAIN, assert_one_error_line, write_idx
 
