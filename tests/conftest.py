@@ -24,14 +24,6 @@ from helpers import SUBPROCESS_ENV, TINY_TEST, TINY_TRAIN, assert_one_error_line
 # also sets torch to one thread for the whole suite
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_latency_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Latency tables go to a folder of this session (per xdist worker), not the user's cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AMC_CACHE_DIR", str(tmp_path_factory.mktemp("amc-cache")))
-        yield
-
-
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Fashion-MNIST-format folder with 6000 training and 200 test images of noise.
@@ -55,8 +47,8 @@ def run_amc(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "amc", *map(str, args)], cwd=tmp_path,
-                              env={**SUBPROCESS_ENV, "AMC_CACHE_DIR": os.environ.get("AMC_CACHE_DIR", ""), **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+                              env={**SUBPROCESS_ENV, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
 
     return run
 

@@ -4,10 +4,13 @@ matchers, the idx writer and the in-process CLI runner. Test files import them w
 ``sys.path``, as it does for ``conftest.py``); the pytest fixtures live in ``conftest.py``."""
 from __future__ import annotations
 
+import atexit
 import gzip
 import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,10 @@ TINY_TRAIN, TINY_TEST = 6000, 200
 # The suite runs on small machines beside other jobs; with more OpenMP threads than free cores
 # the tiny convs here ran 10-30x slower, so everything (subprocesses included) uses one thread.
 torch.set_num_threads(1)
+# Latency tables go to a folder of this test process (each xdist worker has its own), not the
+# user's cache; set before SUBPROCESS_ENV so every subprocess the tests start uses it too.
+os.environ["AMC_CACHE_DIR"] = tempfile.mkdtemp(prefix="amc-test-cache-")
+atexit.register(shutil.rmtree, os.environ["AMC_CACHE_DIR"], ignore_errors=True)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
