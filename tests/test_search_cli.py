@@ -425,6 +425,39 @@ def test_bench_correlation_end_to_end(setup, tmp_path, capsys):
     assert json.loads((out / "correlation.json").read_text())["correlation"] == res["correlation"]
 
 
+def test_bench_selection_rescores_the_top_policies_as_the_search_pruned_them(setup, tmp_path, capsys):
+    from amc.api import compare
+
+    run = tmp_path / "r"
+    assert main(search_args(setup, run, "--algo", "random", "--episodes", "6", "--seed", "1", "--quiet")) == 0
+    out = tmp_path / "sel"
+    assert main(["bench", "selection", str(run), "--top", "3", "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (r,) = res["runs"]
+    pols = r["policies"]
+    assert r["k"] == len(pols) == 3 and r["reproduced"] and r["reward_images"] == 200
+    assert [p["reward_top1"] for p in pols] == sorted((p["reward_top1"] for p in pols), reverse=True)
+    assert len({tuple(p["kept"]) for p in pols}) == 3
+    ref = {row["name"].split("@")[0]: row for row in compare(run)["rows"]}  # the search's pick and uniform, as amc report scores them
+    assert pols[0]["test_top1"] == ref["AMC"]["test_top1"] and pols[0]["reward_top1"] == ref["AMC"]["reward_top1"]
+    assert r["uniform"] == {k: ref["uniform"][k] for k in ("reward_top1", "test_top1")}
+    assert r["chosen_test"] == pols[0]["test_top1"] and 1 <= r["chosen_test_rank"] <= 3
+    assert (out / "selection.png").stat().st_size > 1000
+    in_process_error(capsys, f"{out} is neither a search run folder (episodes.jsonl) nor a benchmark folder "
+                     "({algo}-seed{N} run folders)", "bench", "selection", out, "--out", tmp_path / "s2")
+    assert not (tmp_path / "s2").exists()
+
+
+def test_top_policies_are_distinct_and_keep_their_first_best_episode():
+    from agents.selection import standard_error, top_policies
+
+    eps = [{"episode": i, "reward_top1": t, "flops_ratio": 0.5, "kept": k}
+           for i, (t, k) in enumerate([(80, [1, 2]), (90, [2, 2]), (90, [2, 2]), (85, [1, 2]), (70, [3, 1])])]
+    tops = top_policies(eps, 2)
+    assert [(p["episode"], p["reward_top1"], p["kept"]) for p in tops] == [(1, 90, [2, 2]), (3, 85, [1, 2])]
+    assert standard_error(90.0, 10000) == pytest.approx(0.3)
+
+
 def test_rank_correlations_by_hand():
     from amc.correlation import kendall, ranks, spearman
 

@@ -79,11 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--out", required=True, help="folder for coverage.json and coverage.md")
     add_common(pc)
     pc.set_defaults(func=run_coverage)
-    from amc.cli import bench_correlation, bench_curves, bench_quality
+    from amc.cli import bench_correlation, bench_curves, bench_quality, bench_selection
 
     bench_quality.register(bsub)
     bench_correlation.register(bsub)
     bench_curves.register(bsub)
+    bench_selection.register(bsub)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
