@@ -113,6 +113,7 @@ def plot_selection(results: Sequence[dict], path: str | Path) -> None:
         ax.scatter(reward, test, s=14, alpha=0.7)
         ax.scatter(reward[:1], test[:1], s=90, facecolors="none", edgecolors="red", label="kept by the search")
         ax.axhline(r["uniform"]["test_top1"], color="grey", ls="--", lw=1, label="uniform (test)")
+        ax.axvline(r["uniform"]["reward_top1"], color="grey", ls=":", lw=1, label="uniform (reward set)")
         ax.set_title(f"{Path(r['run']).parent.name}/{Path(r['run']).name}\nrho {r['spearman']:.2f}", fontsize=9)
         ax.set_xlabel("reward-set top-1 (%)")
         ax.set_ylabel("test top-1 (%)")
