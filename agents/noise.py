@@ -15,7 +15,8 @@ The paper's schedule is ``sigma_min = 0`` and ``decay = 0.95``: fifty episodes a
 warm-up sigma is down to 8% of sigma_0 and exploration has all but stopped, whatever the
 number of learning episodes. Two additions keep it going (see ``docs/method.md``):
 
-- a floor, ``sigma_min``;
+- a floor, ``sigma_min`` (the search's default is 0.05 in preserve-ratio units,
+  :class:`agents.config.SearchConfig`; this class's default stays the paper's 0);
 - ``decay="auto"``: the decay that brings sigma_0 down to a final sigma (``sigma_final``,
   else ``sigma_min``) exactly at the last episode, so the schedule stretches with the number
   of learning episodes.

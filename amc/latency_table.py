@@ -112,7 +112,11 @@ class LayerTable:
         i0, i1, fi = self._in[min(max(cin, 0), len(self._in) - 1)]
         j0, j1, fj = self._out[min(max(cout, 0), len(self._out) - 1)]
         r0, r1 = self._rows[i0], self._rows[i1]
-        return (1.0 - fi) * ((1.0 - fj) * r0[j0] + fj * r0[j1]) + fi * ((1.0 - fj) * r1[j0] + fj * r1[j1])
+        # a + f * (b - a) with b >= a is non-decreasing in f in floating point too, where
+        # (1 - f) * a + f * b can step back by an ulp
+        v0 = r0[j0] + fj * (r0[j1] - r0[j0])
+        v1 = r1[j0] + fj * (r1[j1] - r1[j0])
+        return v0 + fi * (v1 - v0)
 
     def to_json(self) -> dict:
         return {"in_axis": self.in_axis, "out_axis": self.out_axis, "raw_ms": self.raw_ms.tolist()}

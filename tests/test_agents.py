@@ -160,7 +160,7 @@ def test_warmup_then_one_update_per_transition(env_parts):
 
 
 def test_exploration_samples_around_the_actor(env_parts):
-    agent = make_agent(SearchConfig(episodes=4, warmup=1, sigma=0.0), tiny_env(env_parts))
+    agent = make_agent(SearchConfig(episodes=4, warmup=1, sigma=0.0, sigma_min=0.0), tiny_env(env_parts))
     agent.learn(1 * 3)
     agent._last_obs = agent.env.reset()
     mu, _ = agent.predict(agent._last_obs, deterministic=True)

@@ -104,7 +104,9 @@ def test_latency_model_is_non_decreasing_in_every_group(key: str, seed: int, dat
     t = data.draw(st.integers(0, len(groups) - 1))
     if counts[t] < groups[t].channels:
         more = counts[:t] + [counts[t] + 1] + counts[t + 1:]
-        assert model(more) >= model(counts)
+        # up to float rounding of the interpolation (an ulp of the sum); the wall returns only
+        # counts it has checked, so its guarantee does not rest on this
+        assert model(more) >= model(counts) * (1 - 1e-12)
 
 
 @pytest.mark.parametrize("axes,values,message", [

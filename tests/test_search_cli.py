@@ -381,7 +381,7 @@ def test_departure_options_and_sigma_schedule_reach_the_search(setup, tmp_path, 
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--sigma-decay", "auto"], "--sigma-decay auto needs a final sigma > 0: --sigma-final or --sigma-min"),
+    (["--sigma-decay", "auto", "--sigma-min", "0"], "--sigma-decay auto needs a final sigma > 0: --sigma-final or --sigma-min"),
     (["--sigma-final", "0.1"], "--sigma-final goes with --sigma-decay auto"),
     (["--bn-recal", "-1"], "--bn-recal must be >= 0, got -1"),
     (["--episodes", "3", "--warmup", "2", "--warmup-convention", "official"],
