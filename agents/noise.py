@@ -67,7 +67,7 @@ def auto_decay(sigma0: float, sigma_final: float, warmup: int, episodes: int) ->
 class TruncatedNormalNoise(ActionNoise):
     """Truncated-normal exploration with AMC's per-episode sigma decay (paper §3.4).
 
-    sigma at episode e (0-based) is ``max(sigma_min, sigma_0 * decay ** max(0, e - warmup))``.
+    sigma at episode e (0-based) is ``max(min(sigma_min, sigma_0), sigma_0 * decay ** max(0, e - warmup))``.
 
     Args:
         sigma: sigma_0, in the units of the space it samples in (the agents pass SB3's
@@ -80,7 +80,8 @@ class TruncatedNormalNoise(ActionNoise):
             counts from the end of the warm-up.
         low, high: the bounds the samples stay within.
         seed: seed of the noise's own generator (kept apart from numpy's global one).
-        sigma_min: the floor sigma never decays below (0: none, the paper's schedule).
+        sigma_min: the floor sigma never decays below (0: none, the paper's schedule); a
+            floor above ``sigma`` is cut to ``sigma``, so ``sigma=0`` turns the noise off.
         sigma_final: with ``decay="auto"``, sigma at the last episode (None: ``sigma_min``).
         episodes: the episodes of the search, warm-up included; needed by ``decay="auto"``.
     """
@@ -119,7 +120,9 @@ class TruncatedNormalNoise(ActionNoise):
 
     def sigma_at(self, episode: int) -> float:
         """sigma for ``episode`` (0-based)."""
-        return max(self.sigma_min, self.sigma0 * self.decay ** max(0, int(episode) - self.warmup))
+        # the floor never lifts sigma above sigma_0: ``sigma=0`` means no noise, floor or not
+        floor = min(self.sigma_min, self.sigma0)
+        return max(floor, self.sigma0 * self.decay ** max(0, int(episode) - self.warmup))
 
     @property
     def sigma(self) -> float:

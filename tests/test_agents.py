@@ -160,7 +160,9 @@ def test_warmup_then_one_update_per_transition(env_parts):
 
 
 def test_exploration_samples_around_the_actor(env_parts):
-    agent = make_agent(SearchConfig(episodes=4, warmup=1, sigma=0.0, sigma_min=0.0), tiny_env(env_parts))
+    # sigma 0 turns the noise off even with the search's default floor
+    agent = make_agent(SearchConfig(episodes=4, warmup=1, sigma=0.0), tiny_env(env_parts))
+    assert agent.action_noise.sigma_min > 0 and agent.action_noise.sigma == 0.0
     agent.learn(1 * 3)
     agent._last_obs = agent.env.reset()
     mu, _ = agent.predict(agent._last_obs, deterministic=True)
@@ -350,6 +352,8 @@ def test_sigma_floor_holds_after_many_episodes():
     x = np.concatenate([noise.sample(np.zeros(1)) for _ in range(300)])
     assert x.std() > 0.1  # still exploring
     assert TruncatedNormalNoise(1.0, 0.95, warmup=10).sigma_at(1000) < 1e-20  # no floor: today's schedule
+    assert TruncatedNormalNoise(0.1, 0.95, warmup=0, sigma_min=0.2).sigma_at(500) == 0.1  # floor capped at sigma_0
+    assert TruncatedNormalNoise(0.0, 0.95, warmup=0, sigma_min=0.2).sigma_at(500) == 0.0
     with pytest.raises(ValueError, match="sigma_min"):
         TruncatedNormalNoise(1.0, sigma_min=-0.1)
 
