@@ -51,8 +51,9 @@ class SearchConfig:
     sigma_decay: float | str = option(0.95, "sigma's decay per episode after the warm-up, or auto: the decay that "
                                             "reaches --sigma-final (else --sigma-min) at the last episode",
                                       group=AGENT, type=_decay)
-    sigma_min: float = option(0.05, "floor of the exploration sigma, in preserve-ratio units (0: none, the paper's "
-                                     "schedule; 0.05 won the quality benchmark, docs/method.md#ddpg-settings)",
+    sigma_min: float = option(0.05, "floor of the exploration sigma, in preserve-ratio units, never above --sigma "
+                                     "(0: none, the paper's schedule; 0.05 won the quality benchmark, "
+                                     "docs/method.md#ddpg-settings)",
                               group=AGENT)
     sigma_final: float | None = option(None, "with --sigma-decay auto: sigma at the last episode (none: --sigma-min)",
                                        group=AGENT)
