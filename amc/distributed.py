@@ -78,6 +78,11 @@ def identical_everywhere(model: nn.Module) -> bool:
     return bool(torch.equal(hi, lo))
 
 
-def finish() -> None:
+def finish(wait: bool = True) -> None:
+    """Leave the group. ``wait``: first wait for every process, so none tears down its gloo
+    connections while a peer still uses them (a rank that left early aborted with SIGABRT);
+    skipped on the error path, where a peer may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

@@ -41,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from amc import distributed
 
     try:
-        return _run(args, distributed.init(args.device))
-    finally:
-        distributed.finish()
+        code = _run(args, distributed.init(args.device))
+    except BaseException:
+        distributed.finish(wait=False)
+        raise
+    distributed.finish()
+    return code
 
 
 def _run(args: argparse.Namespace, ranks) -> int:
