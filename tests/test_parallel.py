@@ -60,6 +60,9 @@ def test_ddpg_with_two_envs_resumes_after_sigkill_as_if_never_stopped(setup, tmp
                                          "of N"),
     (("--envs", "4", "--episodes", "8", "--warmup", "2"), "the warm-up (2) must be a multiple of --envs (4): the "
                                                            "episodes run in rounds of N"),
+    (("--envs", "2", "--episodes", "8", "--warmup", "2", "--warmup-convention", "official"),
+     "the warm-up (3: --warmup 2, plus 1 under --warmup-convention official) must be a multiple of --envs (2): "
+     "the episodes run in rounds of N"),
 ])
 def test_bad_envs_is_one_error_line(setup, tmp_path, capsys, extra, message):
     in_process_error(capsys, message, *search_args(setup, tmp_path / "run", *extra))
