@@ -121,12 +121,13 @@ class SearchConfig:
                 raise AmcError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                f"got {getattr(self, name)!r}")
         if self.envs > 1:
-            warm = "the warm-up ({n})" if self.warmup_convention == "ours" else \
-                "the warm-up ({n}: --warmup %d, plus 1 under --warmup-convention official)" % self.warmup
-            for what, n in (("--episodes ({n})", self.episodes), (warm, random_episodes if self.learns else 0)):
+            warm = random_episodes if self.learns else 0
+            extra = "" if self.warmup_convention == "ours" else \
+                f": --warmup {self.warmup}, plus 1 under --warmup-convention official"
+            for what, n in ((f"--episodes ({self.episodes})", self.episodes), (f"the warm-up ({warm}{extra})", warm)):
                 if n % self.envs:
-                    raise AmcError(f"{what.format(n=n)} must be a multiple of --envs ({self.envs}): the episodes "
-                                   "run in rounds of N")
+                    raise AmcError(f"{what} must be a multiple of --envs ({self.envs}): the episodes run in "
+                                   "rounds of N")
         if self.verify_top < 0:
             raise AmcError(f"--verify-top must be >= 0, got {self.verify_top}")
         for name in ("batch_size", "buffer_episodes", "eval_batch_size", "threads", "save_every", "envs"):
