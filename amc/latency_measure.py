@@ -40,8 +40,8 @@ from torch.overrides import TorchFunctionMode
 from amc.budget import allowed_counts, round_channels
 from amc.errors import AmcError
 from amc.graph import LayerGraph
-from amc.latency_runtime import (ort_run_overhead_ms, quiet_onnx_export, end_to_end, ort_session, prime_allocator,
-                                 time_interleaved, torch_threads)
+from amc.latency_runtime import (OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
+                                 quiet_onnx_export, time_interleaved, torch_threads)
 from amc.latency_table import (LatencyModel, LayerTable, cache_path, cache_root, fingerprint_id, load_cached,
                                make_fingerprint, save_cached)
 
@@ -255,26 +255,58 @@ def measure_block(spec: BlockSpec, batch: int, runtime: str = "torch", threads: 
 
 # --------------------------------------------------------------------------- the model
 
-def calibrate(full_ms: float, tables_full: float, half_ms: float | None = None,
-              tables_half: float | None = None) -> tuple[float, float]:
-    """One scale for every table and the remainder: ``measured = remainder + scale * tables``.
+def calibration_policies(groups: Sequence[Any], channel_round: int = 1, n: int = 8, lbound: float = 0.2,
+                         seed: int = 1) -> list[list[int]]:
+    """The slim models the tables are calibrated on: uniform half width, and ``n`` random
+    policies whose mean preserve ratio is spread over 0.35-0.9 (where latency searches look:
+    roughly 0.2-0.8 of the base latency), each layer's ratio drawn in ``[lbound, 1]``.
 
-    Isolated blocks do not cost what they cost inside the network: each pays boundary costs
-    the network does not (onnxruntime's NCHWc reorders at every block's input and output; on
-    plain20 at batch 64 the isolated blocks summed to 1.7x the model in ort, 1.04x in torch),
-    and a slim network's small layers pay more per channel. Fitting on two whole models, the
-    base and uniform half width, makes both predictions exact and the ones between them
-    linear in the tables. Without the second model, or when the fit is not physical (a
-    negative scale or remainder), the tables are only scaled down to the base, as far as
-    needed. A positive scale keeps every table monotone, so the wall's guarantee holds.
+    Drawn without the tables (they are timed before the blocks, see :func:`build_latency_model`),
+    from a seeded generator of their own, apart from ``amc bench latency``'s policies.
     """
-    if half_ms is not None and tables_half is not None and tables_full > tables_half > 0 and full_ms > half_ms:
-        scale = (full_ms - half_ms) / (tables_full - tables_half)
-        remainder = full_ms - scale * tables_full
-        if scale > 0 and remainder >= 0:
-            return scale, remainder
-    scale = min(1.0, full_ms / tables_full) if tables_full > 0 else 1.0
-    return scale, max(0.0, full_ms - scale * tables_full)
+    rng = np.random.default_rng(seed)
+    out = [[round_channels(0.5, g.channels, g.step(channel_round)) for g in groups]]
+    for mean in np.linspace(0.35, 0.9, n):
+        raw = rng.uniform(lbound, 1.0, len(groups))
+        ratios = np.clip(raw * (mean / raw.mean()), lbound, 1.0)
+        out.append([round_channels(float(r), g.channels, g.step(channel_round)) for r, g in zip(ratios, groups)])
+    return out
+
+
+def calibrate(base_ms: float, tables_base: float, ratios: Sequence[float] = (), tables: Sequence[float] = (),
+              floor: float = 0.0) -> tuple[float, float, float]:
+    """Fit the tables to whole models: ``(scale, remainder, shift)``.
+
+    The prediction of a model whose tables sum to ``T`` is ``scale * (T + c)``: ``c >= 0`` is
+    the remainder (what no table covers: stem input, pooling, classifier glue, Python
+    overhead), ``c < 0`` a per-block cost that isolated blocks pay and the network does not
+    (onnxruntime's reorders at every block's input and output; dispatch and allocation per
+    call, which dominate at batch 1), taken off every table as the same fraction ``shift`` of
+    its smallest entry (``floor`` is the sum of those over the layers; ``shift <= 0.9``).
+    ``c`` is fitted by least squares on the measured slim/base latency ratios of the
+    calibration models (``ratios`` of models whose tables sum to ``tables``), the quantity a
+    latency budget is stated in and that drift of the machine during the build does not move;
+    ``scale`` then makes the base exact. A positive scale and a per-table constant keep every
+    table monotone, so the wall's guarantee holds.
+
+    Without calibration models, or when they do not determine ``c``, the tables are only
+    scaled down to the base, as far as needed (``c`` is the base's time left over, if any).
+    """
+    if tables_base <= 0:
+        return 1.0, max(0.0, base_ms), 0.0
+    rho, t = np.asarray(ratios, dtype=np.float64), np.asarray(tables, dtype=np.float64)
+    # (c + T_i) / (c + T_b) = rho_i  <=>  c (1 - rho_i) = rho_i T_b - T_i; residuals weighted by
+    # 1 / rho_i, so the fit is in relative error of the ratio (times the constant c + T_b)
+    a, b, w2 = 1.0 - rho, rho * tables_base - t, 1.0 / np.maximum(rho, 1e-9) ** 2
+    den = float(np.sum(w2 * a * a))
+    if len(rho) and den > 1e-12 * max(1.0, tables_base) ** 2:
+        c = max(float(np.sum(w2 * a * b)) / den, -0.9 * floor)
+        scale = base_ms / (tables_base + c)
+        if c >= 0:
+            return scale, scale * c, 0.0
+        return scale, 0.0, -c / floor
+    scale = min(1.0, base_ms / tables_base)
+    return scale, max(0.0, base_ms - scale * tables_base), 0.0
 
 
 def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequence[int] | None = None,
@@ -300,8 +332,8 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         progress: show a tqdm bar while measuring.
         repeats, warmup, min_sample_ms: timing rounds per grid point (see :func:`time_interleaved`).
         slim: builds the slim model for given kept counts (``ChannelPruner.prune`` without
-            reconstruction). With it, the tables are calibrated on two whole models, the base
-            and uniform half width, instead of the base alone (see below).
+            reconstruction). With it, the tables are fitted on the base and nine slim models
+            (:func:`calibration_policies`, :func:`calibrate`) instead of the base alone.
 
     Returns:
         The model; ``.cache_file`` is the cache path (None without the cache) and
@@ -339,12 +371,13 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         folder = Path(tmp)
         if runtime == "ort":
             overhead = ort_run_overhead_ms(threads, folder, repeats)
-        # the whole model is timed before and after the blocks, and the faster median kept: on
-        # a shared machine noise only ever adds time, and one slow spell here would bias the
-        # remainder, hence every prediction
-        # the calibration models: the base, and uniform half width (where searches look)
-        half = [round_channels(0.5, g.channels, g.step(channel_round)) for g in graph.groups]
-        whole = {"model": model, **({"half": slim(half)} if slim is not None else {})}
+        # the whole models are timed before and after the blocks, interleaved, and the base's
+        # faster median kept: on a shared machine noise only ever adds time, and one slow spell
+        # here would bias every prediction; the ratios to the base are averaged over both passes
+        plans = calibration_policies(graph.groups, channel_round) if slim is not None else []
+        whole: dict[str, Any] = {"model": model, **{f"cal-{i}": slim(c) for i, c in enumerate(plans)}}
+        if runtime == "ort":  # exported once, timed in both passes
+            whole = {n: OrtModule(m, input_shape, batch, threads, folder) for n, m in whole.items()}
         first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
         for names in unique.values():
             s = specs[names[0]]
@@ -354,24 +387,28 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
             for n in names:
                 tables[n] = tab
             bar.update(raw.size)
-        bar.set_postfix_str("whole model", refresh=False)
+        bar.set_postfix_str("whole models", refresh=False)
         again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
-        measured = {n: min(first[n].median_ms, again[n].median_ms) for n in whole}
+        full = min(first["model"].median_ms, again["model"].median_ms)
+        ratios = [float(np.mean([r[f"cal-{i}"].median_ms / r["model"].median_ms for r in (first, again)]))
+                  for i in range(len(plans))]
         bar.update(1)
     # the remainder only keeps the model valid where every block timed at or under onnxruntime's
     # per-run overhead (a tiny net at batch 1-2): the whole model's time then all goes to it
-    unscaled = LatencyModel(graph, tables, remainder_ms=measured["model"])
-    tables_full, tables_half = sum(unscaled.layer_ms().values()), sum(unscaled.layer_ms(half).values())
-    scale, remainder = calibrate(measured["model"], tables_full, measured.get("half"), tables_half)
-    if scale != 1.0:
-        scaled = {id(t): LayerTable(t.in_axis, t.out_axis, t.raw_ms * scale) for t in tables.values()}
-        tables = {n: scaled[id(t)] for n, t in tables.items()}
-    full = measured["model"]
+    unscaled = LatencyModel(graph, tables, remainder_ms=1.0)  # only its per-layer sums are used
+    tables_full = sum(unscaled.layer_ms().values())
+    tables_cal = [sum(unscaled.layer_ms(c).values()) for c in plans]
+    floor = sum(tables[n].ms.min() for n in unscaled.layer_ms())
+    scale, remainder, shift = calibrate(full, tables_full, ratios, tables_cal, floor)
+    if scale != 1.0 or shift:
+        fitted = {id(t): LayerTable(t.in_axis, t.out_axis, np.maximum(t.raw_ms - shift * t.ms.min(), 0.0) * scale)
+                  for t in tables.values()}
+        tables = {n: fitted[id(t)] for n, t in tables.items()}
     meta = {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "runtime": runtime, "batch": batch,
             "threads": threads, "channel_round": channel_round, "grid_points": grid_points,
             "exact_points": exact_points, "input_shape": list(input_shape), "measured_full_ms": full,
-            "tables_full_ms": tables_full, "tables_scale": scale,
-            "calibration": {"counts": half, "measured_ms": measured.get("half"), "tables_ms": tables_half},
+            "tables_full_ms": tables_full, "tables_scale": scale, "tables_shift": shift,
+            "calibration": {"counts": plans, "measured_ratios": ratios, "tables_ms": tables_cal},
             "ort_run_overhead_ms": overhead if runtime == "ort" else None,
             "points": n_points, "distinct_blocks": len(unique), "build_seconds": time.perf_counter() - t0}
     lm = LatencyModel(graph, tables, remainder, meta)

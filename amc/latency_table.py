@@ -19,12 +19,14 @@ without building and timing it. :class:`LatencyModel` predicts it as
   interpolation of a table that is non-decreasing along each axis is itself non-decreasing in
   each count, and a sum of such terms is too: the whole model is monotone in every group.
   The envelope only ever raises a prediction, so noise errs towards slower, i.e. safe.
-- **Remainder and scale.** What no table covers (stem input, pooling, classifier glue,
+- **Remainder, scale and shift.** What no table covers (stem input, pooling, classifier glue,
   residual adds, flatten, Python overhead) is one constant, and isolated blocks do not cost
-  exactly what they cost in the network. Both are fitted on two whole models timed end to
-  end, the base and uniform half width: ``measured = remainder + scale * sum of tables``
-  (``meta["tables_scale"]``, ``meta["calibration"]``), so both predictions are exact
-  (:func:`amc.latency_measure.calibrate`).
+  exactly what they cost in the network (each pays per-call costs the network pays once).
+  Both are fitted on whole models timed end to end, the base and nine slim models spread over
+  the widths searches visit: ``predicted = scale * (sum of tables + c)``, fitted on the slim
+  models' measured latency ratios with the base exact; ``c >= 0`` is the remainder, ``c < 0``
+  a per-block cost taken off every table (``meta["tables_scale"]``, ``meta["tables_shift"]``,
+  ``meta["calibration"]``; :func:`amc.latency_measure.calibrate`).
 - **Cache.** A built model is kept as JSON under a fingerprint (CPU model, runtime and its
   version, threads, batch, and a hash of the layer shapes and grids); see :func:`cache_root`.
 """
@@ -47,7 +49,7 @@ from amc.checkpoint import atomic_write_json
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 
-FORMAT = 2  # 2: tables calibrated on two whole models (amc.latency_measure.calibrate)
+FORMAT = 3  # 3: tables fitted on the ratios of nine slim models (amc.latency_measure.calibrate)
 """Version of the cache file layout and of the measuring method (part of the fingerprint):
 bump it when either changes, and old files are rebuilt."""
 

@@ -361,37 +361,59 @@ def test_isolated_blocks_over_the_whole_model_are_scaled_down(tmp_path, fake_tim
     assert lm.full == pytest.approx(0.05)
 
 
-def test_two_whole_models_calibrate_the_tables_exactly(tmp_path, fake_timing, monkeypatch) -> None:
-    """With a slim-model builder the base and uniform half width are both timed, and the
-    prediction equals both measurements: measured = remainder + scale * tables."""
-    from amc.budget import round_channels
+@pytest.mark.parametrize("c", [3.0, -0.5])
+def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch, c) -> None:
+    """With a slim-model builder the base and the calibration models are timed. When their times
+    are ``scale * (tables + c)``, the fit recovers scale and c exactly: a remainder for c >= 0, a
+    per-table shift for c < 0 (here half the tables' smallest entries); the tables stay monotone."""
+    from amc.latency_measure import calibration_policies
     from amc.pruner import ChannelPruner
 
     model, _ = tiny_setup()
     pruner = ChannelPruner(model, INPUT, coupled="shared")
+    plans = calibration_policies(pruner.graph.groups)
+    assert len(plans) == 9 and len({tuple(p) for p in plans}) == 9
+
+    def build(**kw):
+        return build_latency_model(pruner.model, pruner.graph, batch=2, cache_dir=tmp_path, progress=False,
+                                   slim=lambda counts: pruner.prune(counts, reconstruct=False), **kw)
+
+    first = build()  # every model timed alike: nothing to fit, the tables are kept as measured
+    assert first.meta["tables_scale"] == 1.0 and first.meta["tables_shift"] == 0.0
+    assert first.meta["calibration"]["counts"] == plans
+    tables = {"model": first.meta["tables_full_ms"],
+              **{f"cal-{i}": t for i, t in enumerate(first.meta["calibration"]["tables_ms"])}}
+    if c < 0:
+        c *= sum(first.tables[n].ms.min() for n in first.layer_ms())
     monkeypatch.setattr(lm_mod, "end_to_end", lambda models, *a, **k:
-                        {n: Latency(2, [{"model": 100.0, "half": 45.0}[n]]) for n in models})
-    lm = build_latency_model(pruner.model, pruner.graph, batch=2, cache_dir=tmp_path, progress=False,
-                             slim=lambda counts: pruner.prune(counts, reconstruct=False))
-    half = [round_channels(0.5, g.channels, 1) for g in pruner.graph.groups]
-    assert lm.full == pytest.approx(100.0) and lm(half) == pytest.approx(45.0)
-    assert lm.meta["calibration"] == {"counts": half, "measured_ms": 45.0, "tables_ms": pytest.approx(
-        lm.meta["calibration"]["tables_ms"])} and lm.meta["tables_scale"] > 0 and lm.remainder_ms >= 0
+                        {n: Latency(2, [7.0 * (tables[n] + c)]) for n in models})
+    lm = build(rebuild=True)
+    assert lm.full == pytest.approx(7.0 * (tables["model"] + c))
+    for i, counts in enumerate(plans):
+        assert lm(counts) == pytest.approx(7.0 * (tables[f"cal-{i}"] + c))
+    assert lm.meta["tables_scale"] == pytest.approx(7.0)
+    if c > 0:
+        assert lm.remainder_ms == pytest.approx(21.0) and lm.meta["tables_shift"] == 0.0
+    else:
+        assert lm.remainder_ms == 0.0 and lm.meta["tables_shift"] == pytest.approx(0.5)
     for tab in lm.tables.values():
         assert np.all(np.diff(tab.ms, axis=0) >= 0) and np.all(np.diff(tab.ms, axis=1) >= 0)
+        assert np.all(tab.ms > 0)
 
 
-@pytest.mark.parametrize("full, tf, half, th, want", [
-    (100.0, 80.0, 45.0, 30.0, (55 / 50, 100 - 80 * 55 / 50)),  # two points: exact at both
-    (100.0, 80.0, 95.0, 30.0, (0.1, 92.0)),                   # a flat model: small scale, large remainder
-    (100.0, 150.0, 10.0, 30.0, (100 / 150, 0.0)),             # negative remainder: scaled down to the base
-    (100.0, 80.0, None, None, (1.0, 20.0)),                   # one point, tables under the model: remainder
-    (100.0, 80.0, 120.0, 30.0, (1.0, 20.0)),                  # the slim model timed slower: not physical
+@pytest.mark.parametrize("base, tb, ratios, tables, floor, want", [
+    (100.0, 80.0, [], [], 0.0, (1.0, 20.0, 0.0)),                      # no slim models: the rest is the remainder
+    (100.0, 150.0, [], [], 0.0, (100 / 150, 0.0, 0.0)),                # tables over the model: scaled down
+    (100.0, 0.0, [0.5], [0.0], 0.0, (1.0, 100.0, 0.0)),                # no table costs time: all remainder
+    (100.0, 80.0, [0.5, 0.7], [30.0, 50.0], 10.0, (1.0, 20.0, 0.0)),   # c = 20: a remainder
+    (100.0, 80.0, [20 / 70, 40 / 70], [30.0, 50.0], 20.0, (100 / 70, 0.0, 0.5)),  # c = -10: a shift
+    (100.0, 80.0, [0.0, 20 / 50], [30.0, 50.0], 20.0, (100 / 62, 0.0, 0.9)),      # c = -30: shift capped
+    (100.0, 80.0, [1.0], [80.0], 0.0, (1.0, 20.0, 0.0)),               # a model timed as the base: no fit
 ])
-def test_calibrate(full, tf, half, th, want) -> None:
+def test_calibrate(base, tb, ratios, tables, floor, want) -> None:
     from amc.latency_measure import calibrate
 
-    assert calibrate(full, tf, half, th) == pytest.approx(want)
+    assert calibrate(base, tb, ratios, tables, floor) == pytest.approx(want)
 
 
 # --------------------------------------------------------------------------- real timing (tiny)
