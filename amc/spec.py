@@ -211,7 +211,7 @@ class PruneSpec:
 
     def latency_model(self, pruner, progress: bool = False, rebuild: bool = False):
         """The latency table of this spec's target for ``pruner``'s model (cached on disk;
-        ``rebuild`` measures it again), calibrated on the base and a slim model of ``pruner``."""
+        ``rebuild`` measures it again), calibrated on the base and slim models of ``pruner``."""
         from amc.latency_measure import build_latency_model
 
         return build_latency_model(pruner.model, pruner.graph, pruner.input_shape, self.runtime, self.latency_batch,
