@@ -398,7 +398,7 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
     unscaled = LatencyModel(graph, tables, remainder_ms=1.0)  # only its per-layer sums are used
     tables_full = sum(unscaled.layer_ms().values())
     tables_cal = [sum(unscaled.layer_ms(c).values()) for c in plans]
-    floor = sum(tables[n].ms.min() for n in unscaled.layer_ms())
+    floor = sum(t.ms.min() for t in tables.values())  # one term per layer, shared tables included
     scale, remainder, shift = calibrate(full, tables_full, ratios, tables_cal, floor)
     if scale != 1.0 or shift:
         fitted = {id(t): LayerTable(t.in_axis, t.out_axis, np.maximum(t.raw_ms - shift * t.ms.min(), 0.0) * scale)
