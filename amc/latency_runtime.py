@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import math
 import os
 import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -24,7 +22,7 @@ import torch
 from torch import nn
 
 from amc.errors import AmcError
-from amc.latency import Latency, interleaved_latency
+from amc.latency import MIN_SAMPLE_MS, Latency, interleaved_latency, interleaved_samples
 
 
 @contextlib.contextmanager
@@ -57,30 +55,10 @@ def prime_allocator() -> None:
 
 def time_interleaved(runners: Sequence[Callable[[], object]], repeats: int = 10, warmup: int = 2,
                      min_sample_ms: float = 2.0) -> list[float]:
-    """Median ms per call of each runner, timed in interleaved rounds.
-
-    Each sample runs its runner enough times back to back to last about ``min_sample_ms``
-    (a microsecond-scale layer at batch 1 is below the timer's useful resolution otherwise).
-    """
-    counts = []
-    for run in runners:
-        run()  # the first call pays for kernel selection and allocation
-        t0 = time.perf_counter()
-        run()
-        dt = max(time.perf_counter() - t0, 1e-7)
-        counts.append(max(1, min(10_000, math.ceil(min_sample_ms / 1e3 / dt))))
-    samples: list[list[float]] = [[] for _ in runners]
-    for r in range(warmup + repeats):
-        order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
-        for i in order:
-            run, n = runners[i], counts[i]
-            t0 = time.perf_counter_ns()
-            for _ in range(n):
-                run()
-            dt = time.perf_counter_ns() - t0
-            if r >= warmup:
-                samples[i].append(dt / n / 1e6)
-    return [statistics.median(s) for s in samples]
+    """Median ms per call of each runner, timed in interleaved rounds of samples that last about
+    ``min_sample_ms`` (:func:`amc.latency.interleaved_samples`; a microsecond-scale layer at
+    batch 1 is below the timer's useful resolution otherwise)."""
+    return [statistics.median(s) for s in interleaved_samples(runners, repeats, warmup, min_sample_ms)]
 
 
 def quiet_onnx_export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
@@ -144,8 +122,10 @@ class OrtModule(nn.Module):
 
 
 def end_to_end(models: Mapping[str, nn.Module], input_shape: Sequence[int], batch: int, runtime: str = "torch",
-               threads: int = 1, repeats: int = 20, warmup: int = 5, folder: Path | None = None) -> dict[str, Latency]:
-    """Whole-model latency of each model at ``batch``, interleaved (:mod:`amc.latency`).
+               threads: int = 1, repeats: int = 20, warmup: int = 5, folder: Path | None = None,
+               min_sample_ms: float = MIN_SAMPLE_MS) -> dict[str, Latency]:
+    """Whole-model latency of each model at ``batch``, interleaved, each sample in the model's
+    steady state (:mod:`amc.latency`).
 
     Torch models are copied (the timer switches them to channels-last in place); for ``ort``
     each plain model is exported and run in onnxruntime, and an :class:`OrtModule` is used as is.
@@ -162,7 +142,7 @@ def end_to_end(models: Mapping[str, nn.Module], input_shape: Sequence[int], batc
             timed = {n: copy.deepcopy(m) for n, m in models.items()}
         else:
             raise AmcError(f"runtime must be 'torch' or 'ort', got {runtime!r}")
-        res = interleaved_latency(timed, input_shape, [batch], repeats, warmup)
+        res = interleaved_latency(timed, input_shape, [batch], repeats, warmup, min_sample_ms=min_sample_ms)
     return {n: res[n][batch] for n in models}
 
 

@@ -49,7 +49,7 @@ from amc.checkpoint import atomic_write_json
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 
-FORMAT = 3  # 3: tables fitted on the ratios of nine slim models (amc.latency_measure.calibrate)
+FORMAT = 4  # 4: fitted on whole models timed in their steady state (amc.latency.interleaved_samples)
 """Version of the cache file layout and of the measuring method (part of the fingerprint):
 bump it when either changes, and old files are rebuilt."""
 

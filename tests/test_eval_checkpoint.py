@@ -1,6 +1,8 @@
 """``amc eval --checkpoint``: the slim model and its base, measured side by side in one run."""
 from __future__ import annotations
 
+import itertools
+
 import json
 import os
 import time
@@ -152,11 +154,24 @@ class _Logged(nn.Module):
 def test_latency_runs_interleave_and_alternate() -> None:
     log: list[str] = []
     lat = interleaved_latency({"a": _Logged("a", log), "b": _Logged("b", log)}, (1, 4, 4), (1, 2),
-                              repeats=3, warmup=1)
-    # per batch size: 1 warm-up round + 3 timed rounds, each round running both, in alternating order
+                              repeats=3, warmup=1, min_sample_ms=0)
+    # one call per sample; per batch size: 1 warm-up round + 3 timed rounds, each round running both, in alternating order
     assert log == ["a", "b", "b", "a", "a", "b", "b", "a"] * 2
     assert {n: sorted(lat[n]) for n in lat} == {"a": [1, 2], "b": [1, 2]}
     assert all(len(lat[n][b].samples_ms) == 3 for n in lat for b in lat[n])
+
+
+def test_a_fast_model_runs_back_to_back_within_a_sample() -> None:
+    log: list[str] = []
+    lat = interleaved_latency({"fast": _Logged("fast", log), "slow": _Logged("slow", log, 0.004)}, (1, 4, 4), (1,),
+                              repeats=2, warmup=0, min_sample_ms=3.0)
+    runs = [(n, len(list(g))) for n, g in itertools.groupby(log)]
+    # two calls each to size the samples, then per round one sample each, alternating the order:
+    # the fast model's sample is many calls in a row (its steady state), the slow one's a single call
+    assert runs[:2] == [("fast", 2), ("slow", 2)]
+    assert [n for n, _ in runs[2:]] == ["fast", "slow", "fast"] and runs[3][1] == 1 + 1
+    assert runs[2][1] == runs[4][1] > 10
+    assert lat["slow"][1].median_ms >= 4 > lat["fast"][1].median_ms and len(lat["fast"][1].samples_ms) == 2
 
 
 def test_latency_tells_a_slow_model_from_a_fast_one() -> None:

@@ -23,7 +23,9 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
     from amc.options import bounded
 
     p.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=20,
-                   help="with --checkpoint: timed runs per model and batch size; the median is reported (default 20)")
+                   help="with --checkpoint: timed samples per model and batch size, the models' samples "
+                        "alternating; a sample runs its model back to back for at least 5 ms and counts the mean "
+                        "per call; the median is reported (default 20)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5,
                    help="with --checkpoint: untimed runs per model and batch size first (default 5)")
     # its own dest: amc eval --model builds a PruneSpec from the options, whose runtime means the latency target
