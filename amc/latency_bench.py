@@ -21,6 +21,7 @@ from torch import nn
 from amc.budget import round_channels
 from amc.checkpoint import atomic_write_bytes
 from amc.errors import AmcError
+from amc.latency import MIN_SAMPLE_MS
 from amc.latency_runtime import OrtModule, end_to_end, prime_allocator, torch_threads
 from amc.latency_table import LatencyModel
 
@@ -159,7 +160,7 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
             policy, a uniform ladder from :func:`uniform_ladder`).
 
     Returns:
-        ``{"runtime", "batch", "threads", "target", "channel_round", "fingerprint_id",
+        ``{"runtime", "batch", "threads", "min_sample_ms", "target", "channel_round", "fingerprint_id",
         "base_predicted_ms", "base_measured_ms", "policies": [{"policy", "counts",
         "predicted_ms", "measured_ms", "predicted_ratio", "measured_ratio", "flops_ratio",
         "abs_rel_err", "ratio_abs_rel_err"}], "median_abs_rel_err", "p90_abs_rel_err",
@@ -185,7 +186,8 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
     rows, base_ms = measure_policies(pruner, latency, plans, runtime, batch, threads, repeats, warmup, base, progress)
     med, p90, worst = _summary([r["abs_rel_err"] for r in rows])
     rmed, rp90, rworst = _summary([r["ratio_abs_rel_err"] for r in rows])
-    out = {"runtime": runtime, "batch": batch, "threads": threads, "target": target, "channel_round": channel_round,
+    out = {"runtime": runtime, "batch": batch, "threads": threads, "min_sample_ms": MIN_SAMPLE_MS, "target": target,
+           "channel_round": channel_round,
            "fingerprint_id": meta.get("fingerprint_id"), "base_predicted_ms": latency.full,
            "base_measured_ms": float(np.median(base_ms)), "policies": rows, "median_abs_rel_err": med,
            "p90_abs_rel_err": p90, "max_abs_rel_err": worst, "ratio_median_abs_rel_err": rmed,

@@ -40,6 +40,7 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
 def run_checkpoint(args: argparse.Namespace) -> int:
     from amc.checkpoint import load_state_dict, load_weights_into
     from amc.flops import count_macs, count_params
+    from amc.latency import MIN_SAMPLE_MS
     from amc.latency_runtime import OrtModule, end_to_end
     from amc.models import ModelSpec, build_model
     from amc.pruned import load_checkpoint, load_recorded_splits, rebuild_architecture
@@ -115,7 +116,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         res[f"speedup_b{b}"] = lat["base"][b].median_ms / lat["pruned"][b].median_ms
     res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
                 "threads": threads, "latency_device": "cpu", "runtime": runtime, "batch_sizes": batch_sizes,
-                "repeats": repeats, "warmup": warmup,
+                "repeats": repeats, "warmup": warmup, "min_sample_ms": MIN_SAMPLE_MS,
                 "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in batch_sizes}})
     emit(res, args.json, _table(res, missing))
     return 0
