@@ -20,12 +20,13 @@ BATCH_SIZES = (1, 64)
 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:
+    from amc.latency import MIN_SAMPLE_MS
     from amc.options import bounded
 
     p.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=20,
                    help="with --checkpoint: timed samples per model and batch size, the models' samples "
-                        "alternating; a sample runs its model back to back for at least 5 ms and counts the mean "
-                        "per call; the median is reported (default 20)")
+                        f"alternating; a sample runs its model back to back for at least {MIN_SAMPLE_MS:g} ms and "
+                        "counts the mean per call; the median is reported (default 20)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5,
                    help="with --checkpoint: untimed runs per model and batch size first (default 5)")
     # its own dest: amc eval --model builds a PruneSpec from the options, whose runtime means the latency target
