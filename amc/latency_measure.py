@@ -192,6 +192,17 @@ class BlockSpec:
             layers.append(_Act(*self.act))
         return nn.Sequential(*layers).eval()
 
+    def weight_mib(self, ci: int, co: int) -> float:
+        """MiB of float32 weights and bias the layer holds at ``ci`` kept inputs and ``co`` kept
+        outputs: bilinear in the two counts, so a table of it interpolates exactly."""
+        if self.kind == "linear":
+            n = ci * co + co * self.bias
+        elif self.kind == "dwconv":
+            n = ci * (self.k[0] * self.k[1] + self.bias)
+        else:
+            n = ci * co * self.k[0] * self.k[1] / self.groups + co * self.bias
+        return 4.0 * n / 2**20
+
     def input(self, batch: int, ci: int, generator: torch.Generator) -> torch.Tensor:
         if self.kind == "linear":
             rows = self.in_hw[0]
@@ -274,39 +285,62 @@ def calibration_policies(groups: Sequence[Any], channel_round: int = 1, n: int =
 
 
 def calibrate(base_ms: float, tables_base: float, ratios: Sequence[float] = (), tables: Sequence[float] = (),
-              floor: float = 0.0) -> tuple[float, float, float]:
-    """Fit the tables to whole models: ``(scale, remainder, shift)``.
+              floor: float = 0.0, weights_base: float = 0.0,
+              weights: Sequence[float] = ()) -> tuple[float, float, float, float]:
+    """Fit the tables to whole models: ``(scale, remainder, shift, ms_per_mib)``.
 
-    The prediction of a model whose tables sum to ``T`` is ``scale * (T + c)``: ``c >= 0`` is
-    the remainder (what no table covers: stem input, pooling, classifier glue, Python
-    overhead), ``c < 0`` a per-block cost that isolated blocks pay and the network does not
-    (onnxruntime's reorders at every block's input and output; dispatch and allocation per
-    call, which dominate at batch 1), taken off every table as the same fraction ``shift`` of
-    its smallest entry (``floor`` is the sum of those over the layers; ``shift <= 0.9``).
-    ``c`` is fitted by least squares on the measured slim/base latency ratios of the
-    calibration models (``ratios`` of models whose tables sum to ``tables``), the quantity a
-    latency budget is stated in and that drift of the machine during the build does not move;
-    ``scale`` then makes the base exact. A positive scale and a per-table constant keep every
-    table monotone, so the wall's guarantee holds.
+    The prediction of a model whose tables sum to ``T`` and whose layers hold ``W`` MiB of
+    weights is ``scale * (T + g W + c)``:
+
+    - ``c >= 0`` is the remainder (what no table covers: stem input, pooling, classifier glue,
+      Python overhead); ``c < 0`` a per-block cost that isolated blocks pay and the network
+      does not (onnxruntime's reorders at every block's input and output; dispatch and
+      allocation per call, which dominate at batch 1), taken off every table as the same
+      fraction ``shift`` of its smallest entry (``floor`` is the sum of those over the layers;
+      ``shift <= 0.9``).
+    - ``g >= 0`` (ms per MiB, returned times ``scale``) is what the network pays to fetch a
+      layer's weights that an isolated block, timed back to back, finds in the core's cache: in
+      one pass through a net whose weights outgrow that cache every layer's come from further
+      out (measured: mobilenetv2 0.5's head conv runs 3x its warm difference between 1280 and
+      640 channels once 4 MiB were touched in between). Weight bytes are bilinear in the kept
+      counts, so the term adds to every table exactly and keeps it monotone.
+
+    ``c`` and ``g`` are fitted by least squares on the measured slim/base latency ratios of the
+    calibration models (``ratios`` of models whose tables sum to ``tables`` and whose weights
+    are ``weights`` MiB; ``weights_base`` the base's), the quantity a latency budget is stated
+    in and that drift of the machine during the build does not move; ``g`` is 0 where the fit
+    wants it negative or no weights are given, and ``scale`` then makes the base exact. A
+    positive scale, a per-table constant and a non-negative weights term keep every table
+    monotone, so the wall's guarantee holds.
 
     Without calibration models, or when they do not determine ``c``, the tables are only
     scaled down to the base, as far as needed (``c`` is the base's time left over, if any).
     """
     if tables_base <= 0:
-        return 1.0, max(0.0, base_ms), 0.0
+        return 1.0, max(0.0, base_ms), 0.0, 0.0
     rho, t = np.asarray(ratios, dtype=np.float64), np.asarray(tables, dtype=np.float64)
-    # (c + T_i) / (c + T_b) = rho_i  <=>  c (1 - rho_i) = rho_i T_b - T_i; residuals weighted by
-    # 1 / rho_i, so the fit is in relative error of the ratio (times the constant c + T_b)
-    a, b, w2 = 1.0 - rho, rho * tables_base - t, 1.0 / np.maximum(rho, 1e-9) ** 2
-    den = float(np.sum(w2 * a * a))
-    if len(rho) and den > 1e-12 * max(1.0, tables_base) ** 2:
-        c = max(float(np.sum(w2 * a * b)) / den, -0.9 * floor)
-        scale = base_ms / (tables_base + c)
-        if c >= 0:
-            return scale, scale * c, 0.0
-        return scale, 0.0, -c / floor
-    scale = min(1.0, base_ms / tables_base)
-    return scale, max(0.0, base_ms - scale * tables_base), 0.0
+    wts = np.asarray(weights, dtype=np.float64) if len(weights) else np.zeros_like(rho)
+    # (T_i + g W_i + c) / (T_b + g W_b + c) = rho_i  <=>  c (1 - rho_i) + g (W_i - rho_i W_b)
+    # = rho_i T_b - T_i; residuals weighted by 1 / rho_i, so the fit is in relative error of
+    # the ratio (times the constant T_b + g W_b + c)
+    inv = 1.0 / np.maximum(rho, 1e-9)
+    a, aw, b = (1.0 - rho) * inv, (wts - rho * weights_base) * inv, (rho * tables_base - t) * inv
+    den = float(a @ a)
+    if not len(rho) or den <= 1e-12 * max(1.0, tables_base) ** 2:
+        scale = min(1.0, base_ms / tables_base)
+        return scale, max(0.0, base_ms - scale * tables_base), 0.0, 0.0
+    c, g = float(a @ b) / den, 0.0
+    if float(aw @ aw) > 1e-12 * den:
+        (c2, g2), *_ = np.linalg.lstsq(np.stack([a, aw], 1), b, rcond=None)
+        if g2 > 0:
+            c, g = float(c2), float(g2)
+    if c < -0.9 * floor:  # the shift's cap; the weights term refitted with c held there
+        c = -0.9 * floor
+        g = max(0.0, float(aw @ (b - a * c)) / float(aw @ aw)) if float(aw @ aw) > 1e-12 * den else 0.0
+    scale = base_ms / (tables_base + g * weights_base + c)
+    if c >= 0:
+        return scale, scale * c, 0.0, scale * g
+    return scale, 0.0, -c / floor, scale * g
 
 
 def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequence[int] | None = None,
@@ -364,6 +398,7 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
     n_points = sum(len(specs[ns[0]].in_axis) * len(specs[ns[0]].out_axis) for ns in unique.values())
     t0 = time.perf_counter()
     tables: dict[str, LayerTable] = {}
+    weights_mib: dict[str, LayerTable] = {}  # each layer's weight MiB on its table's grid
     overhead = 0.0
     with tempfile.TemporaryDirectory(prefix="amc-latency-") as tmp, \
             tqdm(total=n_points + 1, disable=not progress, unit="pt", leave=False,
@@ -384,8 +419,10 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
             bar.set_postfix_str(names[0], refresh=False)
             raw = measure_block(s, batch, runtime, threads, repeats, warmup, min_sample_ms, folder, overhead)
             tab = LayerTable(list(s.in_axis), list(s.out_axis), raw)
+            mib = LayerTable(tab.in_axis, tab.out_axis, [[s.weight_mib(ci, co) for co in s.out_axis]
+                                                         for ci in s.in_axis])
             for n in names:
-                tables[n] = tab
+                tables[n], weights_mib[n] = tab, mib
             bar.update(raw.size)
         bar.set_postfix_str("whole models", refresh=False)
         again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
@@ -399,16 +436,22 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
     tables_full = sum(unscaled.layer_ms().values())
     tables_cal = [sum(unscaled.layer_ms(c).values()) for c in plans]
     floor = sum(t.ms.min() for t in tables.values())  # one term per layer, shared tables included
-    scale, remainder, shift = calibrate(full, tables_full, ratios, tables_cal, floor)
-    if scale != 1.0 or shift:
-        fitted = {id(t): LayerTable(t.in_axis, t.out_axis, np.maximum(t.raw_ms - shift * t.ms.min(), 0.0) * scale)
-                  for t in tables.values()}
+    sizes = LatencyModel(graph, weights_mib, remainder_ms=1.0)  # the same sums, of weight MiB
+    weights_full = sum(sizes.layer_ms().values())
+    weights_cal = [sum(sizes.layer_ms(c).values()) for c in plans]
+    scale, remainder, shift, per_mib = calibrate(full, tables_full, ratios, tables_cal, floor, weights_full,
+                                                 weights_cal)
+    if scale != 1.0 or shift or per_mib:
+        fitted = {id(t): LayerTable(t.in_axis, t.out_axis, np.maximum(t.raw_ms - shift * t.ms.min(), 0.0) * scale
+                                    + per_mib * weights_mib[n].raw_ms) for n, t in tables.items()}
         tables = {n: fitted[id(t)] for n, t in tables.items()}
     meta = {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "runtime": runtime, "batch": batch,
             "threads": threads, "channel_round": channel_round, "grid_points": grid_points,
             "exact_points": exact_points, "input_shape": list(input_shape), "measured_full_ms": full,
             "tables_full_ms": tables_full, "tables_scale": scale, "tables_shift": shift,
-            "calibration": {"counts": plans, "measured_ratios": ratios, "tables_ms": tables_cal},
+            "weights_full_mib": weights_full, "weights_ms_per_mib": per_mib,
+            "calibration": {"counts": plans, "measured_ratios": ratios, "tables_ms": tables_cal,
+                            "weights_mib": weights_cal},
             "ort_run_overhead_ms": overhead if runtime == "ort" else None,
             "points": n_points, "distinct_blocks": len(unique), "build_seconds": time.perf_counter() - t0}
     lm = LatencyModel(graph, tables, remainder, meta)

@@ -23,10 +23,12 @@ without building and timing it. :class:`LatencyModel` predicts it as
   residual adds, flatten, Python overhead) is one constant, and isolated blocks do not cost
   exactly what they cost in the network (each pays per-call costs the network pays once).
   Both are fitted on whole models timed end to end, the base and nine slim models spread over
-  the widths searches visit: ``predicted = scale * (sum of tables + c)``, fitted on the slim
+  the widths searches visit: ``predicted = scale * (sum of tables + g * weight MiB + c)``, fitted on the slim
   models' measured latency ratios with the base exact; ``c >= 0`` is the remainder, ``c < 0``
   a per-block cost taken off every table (``meta["tables_scale"]``, ``meta["tables_shift"]``,
-  ``meta["calibration"]``; :func:`amc.latency_measure.calibrate`).
+  ``meta["calibration"]``; :func:`amc.latency_measure.calibrate`). A third term, fitted with
+  them, costs each layer's weight bytes (``meta["weights_ms_per_mib"]``): a block timed alone
+  finds its weights in cache, a layer of a net whose weights outgrow the cache does not.
 - **Cache.** A built model is kept as JSON under a fingerprint (CPU model, runtime and its
   version, threads, batch, and a hash of the layer shapes and grids); see :func:`cache_root`.
 """
@@ -49,7 +51,7 @@ from amc.checkpoint import atomic_write_json
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 
-FORMAT = 4  # 4: fitted on whole models timed in their steady state (amc.latency.interleaved_samples)
+FORMAT = 5  # 5: the fit has a weight-bytes term (amc.latency_measure.calibrate)
 """Version of the cache file layout and of the measuring method (part of the fingerprint):
 bump it when either changes, and old files are rebuilt."""
 

@@ -248,6 +248,10 @@ def test_grids_and_shared_measurements() -> None:
     assert dw.kind == "dwconv" and len(dw.out_axis) == 1 and len(dw.in_axis) > 1
     block = dw.make(5, 999)
     assert block[0].groups == block[0].in_channels == block[0].out_channels == 5
+    # a block's weight MiB is the bytes of its conv's (or linear's) parameters at those counts
+    for spec, ci, co in ((dw, 5, 999), (specs["layer1.0.conv1"], 3, 7), (mb["classifier"], 6, 10)):
+        layer = spec.make(ci, co)[0]
+        assert spec.weight_mib(ci, co) == 4 * sum(p.numel() for p in layer.parameters()) / 2**20
 
 
 # --------------------------------------------------------------------------- cache
@@ -361,11 +365,12 @@ def test_isolated_blocks_over_the_whole_model_are_scaled_down(tmp_path, fake_tim
     assert lm.full == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("c", [3.0, -0.5])
-def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch, c) -> None:
+@pytest.mark.parametrize("c, g", [(3.0, 0.0), (-0.5, 0.0), (3.0, 40.0), (-0.5, 40.0)])
+def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch, c, g) -> None:
     """With a slim-model builder the base and the calibration models are timed. When their times
-    are ``scale * (tables + c)``, the fit recovers scale and c exactly: a remainder for c >= 0, a
-    per-table shift for c < 0 (here half the tables' smallest entries); the tables stay monotone."""
+    are ``scale * (tables + g * weight MiB + c)``, the fit recovers scale, g and c exactly: a
+    remainder for c >= 0, a per-table shift for c < 0 (here half the tables' smallest entries);
+    the tables stay monotone."""
     from amc.latency_measure import calibration_policies
     from amc.pruner import ChannelPruner
 
@@ -381,8 +386,10 @@ def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch,
     first = build()  # every model timed alike: nothing to fit, the tables are kept as measured
     assert first.meta["tables_scale"] == 1.0 and first.meta["tables_shift"] == 0.0
     assert first.meta["calibration"]["counts"] == plans
-    tables = {"model": first.meta["tables_full_ms"],
-              **{f"cal-{i}": t for i, t in enumerate(first.meta["calibration"]["tables_ms"])}}
+    assert first.meta["weights_ms_per_mib"] == 0.0
+    cal = first.meta["calibration"]
+    tables = {"model": first.meta["tables_full_ms"] + g * first.meta["weights_full_mib"],
+              **{f"cal-{i}": t + g * w for i, (t, w) in enumerate(zip(cal["tables_ms"], cal["weights_mib"]))}}
     if c < 0:
         c *= sum(first.tables[n].ms.min() for n in first.layer_ms())
     monkeypatch.setattr(lm_mod, "end_to_end", lambda models, *a, **k:
@@ -392,6 +399,7 @@ def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch,
     for i, counts in enumerate(plans):
         assert lm(counts) == pytest.approx(7.0 * (tables[f"cal-{i}"] + c))
     assert lm.meta["tables_scale"] == pytest.approx(7.0)
+    assert lm.meta["weights_ms_per_mib"] == pytest.approx(7.0 * g, abs=1e-9)
     if c > 0:
         assert lm.remainder_ms == pytest.approx(21.0) and lm.meta["tables_shift"] == 0.0
     else:
@@ -402,18 +410,38 @@ def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch,
 
 
 @pytest.mark.parametrize("base, tb, ratios, tables, floor, want", [
-    (100.0, 80.0, [], [], 0.0, (1.0, 20.0, 0.0)),                      # no slim models: the rest is the remainder
-    (100.0, 150.0, [], [], 0.0, (100 / 150, 0.0, 0.0)),                # tables over the model: scaled down
-    (100.0, 0.0, [0.5], [0.0], 0.0, (1.0, 100.0, 0.0)),                # no table costs time: all remainder
-    (100.0, 80.0, [0.5, 0.7], [30.0, 50.0], 10.0, (1.0, 20.0, 0.0)),   # c = 20: a remainder
-    (100.0, 80.0, [20 / 70, 40 / 70], [30.0, 50.0], 20.0, (100 / 70, 0.0, 0.5)),  # c = -10: a shift
-    (100.0, 80.0, [0.0, 20 / 50], [30.0, 50.0], 20.0, (100 / 62, 0.0, 0.9)),      # c = -30: shift capped
-    (100.0, 80.0, [1.0], [80.0], 0.0, (1.0, 20.0, 0.0)),               # a model timed as the base: no fit
+    (100.0, 80.0, [], [], 0.0, (1.0, 20.0, 0.0, 0.0)),                 # no slim models: the rest is the remainder
+    (100.0, 150.0, [], [], 0.0, (100 / 150, 0.0, 0.0, 0.0)),           # tables over the model: scaled down
+    (100.0, 0.0, [0.5], [0.0], 0.0, (1.0, 100.0, 0.0, 0.0)),           # no table costs time: all remainder
+    (100.0, 80.0, [0.5, 0.7], [30.0, 50.0], 10.0, (1.0, 20.0, 0.0, 0.0)),   # c = 20: a remainder
+    (100.0, 80.0, [20 / 70, 40 / 70], [30.0, 50.0], 20.0, (100 / 70, 0.0, 0.5, 0.0)),  # c = -10: a shift
+    (100.0, 80.0, [0.0, 20 / 50], [30.0, 50.0], 20.0, (100 / 62, 0.0, 0.9, 0.0)),      # c = -30: shift capped
+    (100.0, 80.0, [1.0], [80.0], 0.0, (1.0, 20.0, 0.0, 0.0)),          # a model timed as the base: no fit
 ])
 def test_calibrate(base, tb, ratios, tables, floor, want) -> None:
     from amc.latency_measure import calibrate
 
     assert calibrate(base, tb, ratios, tables, floor) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("c, g", [(5.0, 2.0), (-4.0, 3.0), (5.0, -2.0)])
+def test_calibrate_fits_a_cost_per_weight_mib(c, g) -> None:
+    """Whole models timed as ``T + g W + c`` give back ``g`` and ``c`` exactly (the scale is 1);
+    a negative ``g`` is never used (it would make keeping weights faster): c alone is fitted."""
+    from amc.latency_measure import calibrate
+
+    rng = np.random.default_rng(0)
+    tb, wb, floor = 80.0, 10.0, 20.0
+    t, w = rng.uniform(10, 70, 9), rng.uniform(1, 9, 9)
+    ratios = (t + g * w + c) / (tb + g * wb + c)
+    scale, remainder, shift, per_mib = calibrate(tb + g * wb + c, tb, ratios, t, floor, wb, w)
+    if g < 0:
+        assert per_mib == 0.0
+        predicted = scale * (t + remainder / scale - shift * floor)
+        assert np.all(predicted > 0)
+        return
+    assert (scale, per_mib) == pytest.approx((1.0, g))
+    assert (remainder, shift) == (pytest.approx(c), 0.0) if c > 0 else (0.0, pytest.approx(-c / floor))
 
 
 # --------------------------------------------------------------------------- real timing (tiny)
