@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 from amc.budget import allowed_counts, round_channels
 from amc.errors import AmcError
 from amc.graph import LayerGraph
-from amc.latency_runtime import (OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
+from amc.latency_runtime import (COPIES, OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
                                  quiet_onnx_export, time_interleaved, torch_threads)
 from amc.latency_table import (LatencyModel, LayerTable, cache_path, cache_root, fingerprint_id, load_cached,
                                make_fingerprint, save_cached)
@@ -413,7 +413,8 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         whole: dict[str, Any] = {"model": model, **{f"cal-{i}": slim(c) for i, c in enumerate(plans)}}
         if runtime == "ort":  # exported once, timed in both passes
             whole = {n: OrtModule(m, input_shape, batch, threads, folder) for n, m in whole.items()}
-        first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
+        first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder,
+                         copies=COPIES)
         for names in unique.values():
             s = specs[names[0]]
             bar.set_postfix_str(names[0], refresh=False)
@@ -425,7 +426,8 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
                 tables[n], weights_mib[n] = tab, mib
             bar.update(raw.size)
         bar.set_postfix_str("whole models", refresh=False)
-        again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
+        again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder,
+                         copies=COPIES)
         full = min(first["model"].median_ms, again["model"].median_ms)
         ratios = [float(np.mean([r[f"cal-{i}"].median_ms / r["model"].median_ms for r in (first, again)]))
                   for i in range(len(plans))]

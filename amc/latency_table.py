@@ -51,7 +51,7 @@ from amc.checkpoint import atomic_write_json
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 
-FORMAT = 5  # 5: the fit has a weight-bytes term (amc.latency_measure.calibrate)
+FORMAT = 5  # 5: a weight-bytes term in the fit; whole models timed as 3 copies each
 """Version of the cache file layout and of the measuring method (part of the fingerprint):
 bump it when either changes, and old files are rebuilt."""
 
