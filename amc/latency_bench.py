@@ -22,7 +22,7 @@ from amc.budget import round_channels
 from amc.checkpoint import atomic_write_bytes
 from amc.errors import AmcError
 from amc.latency import MIN_SAMPLE_MS
-from amc.latency_runtime import OrtModule, end_to_end, prime_allocator, torch_threads
+from amc.latency_runtime import COPIES, OrtModule, end_to_end, prime_allocator, torch_threads
 from amc.latency_table import LatencyModel
 
 
@@ -106,10 +106,12 @@ def _summary(errs: Sequence[float]) -> tuple[float, float, float]:
 
 def measure_policies(pruner: Any, latency: LatencyModel, plans: Sequence[tuple[str, Sequence[int]]],
                      runtime: str, batch: int, threads: int, repeats: int = 10, warmup: int = 3,
-                     base: nn.Module | None = None, progress: bool = False) -> tuple[list[dict], list[float]]:
+                     base: nn.Module | None = None, progress: bool = False,
+                     copies: int = COPIES) -> tuple[list[dict], list[float]]:
     """Time each ``(label, counts)`` slim model end to end, interleaved with the base, in the
-    target runtime; returns a row per policy (predicted and measured ms and ratio, FLOPs ratio,
-    errors) and the base's median of each pair."""
+    target runtime, each as ``copies`` independent copies (:func:`amc.latency_runtime.end_to_end`);
+    returns a row per policy (predicted and measured ms and ratio, FLOPs ratio, errors) and the
+    base's median of each pair."""
     from tqdm import tqdm
 
     base = pruner.model if base is None else base
@@ -122,7 +124,7 @@ def measure_policies(pruner: Any, latency: LatencyModel, plans: Sequence[tuple[s
         for label, counts in tqdm(plans, disable=not progress, desc="timing policies", unit="policy", leave=False):
             slim = pruner.prune(counts, reconstruct=False)  # weights do not change the speed
             res = end_to_end({"base": timed_base, "slim": slim}, input_shape, batch, runtime, threads, repeats,
-                             warmup, Path(tmp))
+                             warmup, Path(tmp), copies=copies)
             b, s = res["base"].median_ms, res["slim"].median_ms
             base_ms.append(b)
             pred_ms, pred_ratio = latency(counts), latency.predicted_ratio(counts)
@@ -196,6 +198,73 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
         scatter_png(out, plot)
         out["plot"] = str(plot)
     return out
+
+
+def per_group_savings(pruner: Any, latency: LatencyModel, ratio: float = 0.5, channel_round: int | None = None,
+                      repeats: int = 20, warmup: int = 3, base: nn.Module | None = None) -> dict:
+    """Where does the table misprice? Each group cut alone to ``ratio`` (every other group
+    full), all timed with the base in one interleaved run in the table's runtime: the share of
+    the base's latency each cut saves, measured and predicted.
+
+    A whole-model error says how far off a prediction is; this says which layers it comes
+    from (a group whose measured saving is far above its predicted one is priced too cheaply).
+
+    Returns:
+        ``{"ratio", "groups": [{"group", "layer", "channels", "kept", "residual",
+        "measured_saving", "predicted_saving"}], "correlation", "measured_sum",
+        "predicted_sum", "base_measured_ms"}``; savings are shares of the base's latency.
+    """
+    meta = latency.meta
+    runtime, batch, threads = meta.get("runtime"), meta.get("batch"), meta.get("threads")
+    if runtime is None or batch is None or threads is None:
+        raise AmcError("per_group_savings needs a latency model that records its runtime, batch and threads")
+    if not (math.isfinite(ratio) and 0 < ratio < 1):
+        raise AmcError(f"ratio must be in (0, 1), got {ratio}")
+    channel_round = channel_round or meta.get("channel_round") or 1
+    groups = latency.graph.groups
+    full = [g.channels for g in groups]
+    plans = []
+    for i, g in enumerate(groups):
+        counts = list(full)
+        counts[i] = round_channels(ratio, g.channels, g.step(channel_round))
+        plans.append(counts)
+    models = {"base": pruner.model if base is None else base,
+              **{f"group-{i}": pruner.prune(c, reconstruct=False) for i, c in enumerate(plans)}}
+    with torch_threads(threads):
+        timed = end_to_end(models, tuple(pruner.input_shape), batch, runtime, threads, repeats, warmup, copies=COPIES)
+    b = timed["base"].median_ms
+    rows = [{"group": i, "layer": g.layer, "channels": g.channels, "kept": c[i], "residual": bool(g.residual),
+             "measured_saving": 1.0 - timed[f"group-{i}"].median_ms / b,
+             "predicted_saving": 1.0 - latency.predicted_ratio(c)} for i, (g, c) in enumerate(zip(groups, plans))]
+    m = np.array([r["measured_saving"] for r in rows])
+    p = np.array([r["predicted_saving"] for r in rows])
+    corr = float(np.corrcoef(m, p)[0, 1]) if len(rows) > 1 and m.std() > 0 and p.std() > 0 else float("nan")
+    return {"ratio": ratio, "groups": rows, "correlation": corr, "measured_sum": float(m.sum()),
+            "predicted_sum": float(p.sum()), "base_measured_ms": b}
+
+
+def groups_png(result: dict, path: str | Path, title: str = "") -> None:
+    """Bars of :func:`per_group_savings`: measured and predicted saving per group, as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = result["groups"]
+    fig = Figure(figsize=(max(6.0, 0.32 * len(rows) + 2), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [100 * r["measured_saving"] for r in rows], 0.4, label="measured")
+    ax.bar(x + 0.2, [100 * r["predicted_saving"] for r in rows], 0.4, label="predicted")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, [str(r["group"]) for r in rows], fontsize=7)
+    ax.set_xlabel(f"group cut alone to {result['ratio']:g} of its channels")
+    ax.set_ylabel("latency saved (% of the base)")
+    ax.set_title(f"{title}correlation {result['correlation']:.2f}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def scatter_png(result: dict, path: str | Path) -> None:

@@ -444,6 +444,69 @@ def test_calibrate_fits_a_cost_per_weight_mib(c, g) -> None:
     assert (remainder, shift) == (pytest.approx(c), 0.0) if c > 0 else (0.0, pytest.approx(-c / floor))
 
 
+@pytest.mark.parametrize("runtime", ["torch", "ort"])
+def test_end_to_end_times_independent_copies_and_keeps_their_median(monkeypatch, runtime) -> None:
+    """``copies=3``: every model runs as three distinct copies (deep copies; sessions of one
+    export), side by side in one interleaved run, and each round counts the copies' median."""
+    import amc.latency_runtime as lr
+
+    if runtime == "ort":
+        pytest.importorskip("onnxruntime")
+    seen = {}
+
+    def fake(timed, input_shape, batch_sizes, repeats, warmup, **kw):
+        seen["timed"] = list(timed.values())
+        # copy j of model i takes (10 * (i + 1) + j) ms in round 0, and one ms more each round
+        return {k: {batch_sizes[0]: Latency(batch_sizes[0], [10.0 * (int(k) // 3 + 1) + int(k) % 3 + r
+                                                             for r in range(repeats)])} for k in timed}
+
+    monkeypatch.setattr(lr, "interleaved_latency", fake)
+    model = build_model(ModelSpec(f"{TINY_NET}:factory", 1, 10))
+    res = lr.end_to_end({"a": model, "b": model}, INPUT, 2, runtime, repeats=4, copies=3)
+    assert res["a"].samples_ms == [11.0, 12.0, 13.0, 14.0] and res["b"].samples_ms == [21.0, 22.0, 23.0, 24.0]
+    copies = seen["timed"]
+    assert len(copies) == 6 and len({id(m) for m in copies}) == 6
+    if runtime == "ort":
+        assert len({id(m.session) for m in copies}) == 6 and len({m.path for m in copies[:3]}) == 1
+    else:
+        assert all(m is not model for m in copies)
+    with pytest.raises(ValueError, match="copies"):
+        lr.end_to_end({"a": model}, INPUT, 2, runtime, copies=0)
+
+
+def test_per_group_savings_compare_each_group_cut_alone(tmp_path, fake_timing, monkeypatch) -> None:
+    """Each group is cut alone (the others full) and timed in one run with the base; where the
+    measurement is the table's own prediction, every measured saving equals the predicted one."""
+    import amc.latency_bench as lb
+    from amc.budget import round_channels
+    from amc.pruner import ChannelPruner
+
+    model, _ = tiny_setup()
+    pruner = ChannelPruner(model, INPUT, coupled="shared")
+    lm = build_latency_model(pruner.model, pruner.graph, batch=2, cache_dir=tmp_path, progress=False)
+    groups = pruner.graph.groups
+    plans = {"base": [g.channels for g in groups]}
+    for i, g in enumerate(groups):
+        plans[f"group-{i}"] = [round_channels(0.5, h.channels, h.step(1)) if h is g else h.channels for h in groups]
+    seen = {}
+
+    def end_to_end(models, input_shape, batch, runtime, threads, *a, **k):
+        seen.update(names=list(models), batch=batch, runtime=runtime)
+        return {n: Latency(batch, [lm(plans[n])]) for n in models}
+
+    monkeypatch.setattr(lb, "end_to_end", end_to_end)
+    res = lb.per_group_savings(pruner, lm)
+    assert seen == {"names": list(plans), "batch": 2, "runtime": "torch"}  # one run: the base and every cut
+    assert [r["kept"] for r in res["groups"]] == [plans[f"group-{i}"][i] for i in range(len(groups))]
+    for r in res["groups"]:
+        assert r["measured_saving"] == pytest.approx(r["predicted_saving"]) and r["measured_saving"] >= 0
+    assert res["correlation"] == pytest.approx(1.0) and res["measured_sum"] == pytest.approx(res["predicted_sum"])
+    lb.groups_png(res, tmp_path / "groups.png")
+    assert (tmp_path / "groups.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(AmcError, match="ratio must be in"):
+        lb.per_group_savings(pruner, lm, ratio=1.0)
+
+
 # --------------------------------------------------------------------------- real timing (tiny)
 
 def test_real_torch_table_of_a_tiny_net(tmp_path) -> None:

@@ -606,3 +606,11 @@ def test_latency_command_builds_then_loads_its_table_and_bench_compares(setup, t
     gap = abs(rows[near["label"]]["measured_ratio"] - rows["policy"]["measured_ratio"])
     assert all(gap <= abs(r["measured_ratio"] - rows["policy"]["measured_ratio"]) for r in ladder)
     assert [l["kept"] for l in near["layers"]] == rows[near["label"]]["counts"]
+
+    # each group cut alone, measured against predicted: one row per group, and a picture
+    assert main(["bench", "latency", *model, "--policies", "0", "--repeats", "2", "--per-group",
+                 "--out", str(tmp_path / "g")]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "g" / "latency.json").read_text())
+    assert len(res["per_group"]["groups"]) == 3 and "each group alone at 0.5" in out
+    assert (tmp_path / "g" / "groups.png").stat().st_size > 1000

@@ -58,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="also time every distinct uniform model at --channel-round, from --lbound to full "
                          "width; with --policy, writes OUT/nearest_uniform.json, the uniform policy whose "
                          "measured latency ratio is nearest the policy's (a baseline at equal latency)")
+    pl.add_argument("--per-group", action="store_true",
+                    help="also cut each group alone to half its channels (the others full) and time all of them "
+                         "with the base in one interleaved run: the latency each cut saves, measured against "
+                         "predicted, in latency.json ('per_group') and groups.png; shows which layers the table "
+                         "misprices")
     pl.add_argument("--out", required=True, help="folder for latency.json and latency.png")
     pl.set_defaults(func=run_latency_bench)
     pc = bsub.add_parser("coverage", help="which torchvision models amc prunes end to end",
@@ -155,6 +160,12 @@ def run_latency_bench(args: argparse.Namespace) -> int:
                      measured_latency_ratio=near["measured_ratio"])
         res["nearest_uniform"] = {"policy": near["policy"], "measured_ratio": near["measured_ratio"],
                                   "file": str(out / "nearest_uniform.json")}
+    if args.per_group:
+        from amc.latency_bench import groups_png, per_group_savings
+
+        res["per_group"] = per_group_savings(pruner, pruner.latency, repeats=max(args.repeats, 20))
+        groups_png(res["per_group"], out / "groups.png",
+                   f"{problem.model_spec.name}, {res['runtime']}, batch {res['batch']}: ")
     res.update(model=problem.model_spec.name, spec=spec.to_dict(), machine=platform.processor() or platform.machine(),
                table_build_seconds=problem.pruner.latency.meta.get("build_seconds"),
                table_from_cache=problem.pruner.latency.from_cache, command="amc " + " ".join(args._argv))
@@ -172,8 +183,17 @@ def run_latency_bench(args: argparse.Namespace) -> int:
                    for r in res["policies"] if r["policy"] == "policy" or r["policy"].startswith("uniform-"))
          + (f"\n  nearest uniform in measured latency: {near['policy']} -> {out}/nearest_uniform.json"
             if near is not None else "")
-         + f"\n  wrote {out}/latency.json and latency.png")
+         + (_per_group_text(res["per_group"]) if "per_group" in res else "")
+         + f"\n  wrote {out}/latency.json and latency.png" + (" and groups.png" if "per_group" in res else ""))
     return 0
+
+
+def _per_group_text(pg: dict) -> str:
+    worst = sorted(pg["groups"], key=lambda r: -abs(r["measured_saving"] - r["predicted_saving"]))[:5]
+    return (f"\n  each group alone at {pg['ratio']:g}: saving measured vs predicted, correlation "
+            f"{pg['correlation']:.2f}; largest gaps:"
+            + "".join(f"\n    group {r['group']:3d} ({r['layer']}, {r['channels']} -> {r['kept']}): measured "
+                      f"{100 * r['measured_saving']:.1f}%, predicted {100 * r['predicted_saving']:.1f}%" for r in worst))
 
 
 def _search_in_child(spec, cfg, run: str) -> tuple[dict, dict, int]:
