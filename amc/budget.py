@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from amc.errors import AmcError
 from amc.graph import LayerGraph
@@ -84,6 +84,13 @@ def round_channels(ratio: float, channels: int, channel_round: int) -> int:
     return min(allowed, key=lambda a: (abs(a - want), -a))
 
 
+def group_counts(ratios: float | Sequence[float], groups: Sequence[Any], channel_round: int = 1) -> list[int]:
+    """Each group's kept count for a preserve ratio: one ratio for every group, or one per group
+    (:func:`round_channels` at the group's own step, :meth:`amc.graph.ChannelGroup.step`)."""
+    per = [float(ratios)] * len(groups) if isinstance(ratios, (int, float)) else [float(r) for r in ratios]
+    return [round_channels(r, g.channels, g.step(channel_round)) for r, g in zip(per, groups)]
+
+
 @dataclass
 class PruningState:
     """One episode's stepwise decisions, with the budget wall (docs/method.md#the-guarantee).
@@ -117,7 +124,7 @@ class PruningState:
         groups = self.resource.graph.groups
         if not groups:
             raise AmcError("the model has no prunable layer")
-        self.min_counts = [round_channels(self.lbound, g.channels, g.step(self.channel_round)) for g in groups]
+        self.min_counts = group_counts(self.lbound, groups, self.channel_round)
         if self.target is not None:
             lowest = self.resource(self.min_counts) / self.resource.full
             # the same comparison as the guarantee, or a target equal to the floor passes here

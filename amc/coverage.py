@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from amc.budget import round_channels
+from amc.budget import group_counts
 from amc.errors import AmcError
 
 
@@ -68,10 +68,10 @@ def check_model(name: str, size: int, lbound: float = 0.2, coupled: str = "skip"
         stage = "graph"
         pruner = ChannelPruner(model, shape, None, coupled=coupled)
         rec["prunable_layers"], rec["skipped"] = pruner.num_layers, len(pruner.graph.skipped)
-        lowest = [round_channels(lbound, g.channels, g.step()) for g in pruner.graph.groups]
+        lowest = group_counts(lbound, pruner.graph.groups)
         rec["min_flops_ratio"] = pruner.flops(lowest) / pruner.flops.full
         stage = "parity"
-        half = [round_channels(0.5, g.channels, g.step()) for g in pruner.graph.groups]
+        half = group_counts(0.5, pruner.graph.groups)
         slim, masked = pruner.prune(half, reconstruct=False), pruner.masked(half, reconstruct=False)
         x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():

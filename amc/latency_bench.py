@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from amc.budget import round_channels
+from amc.budget import group_counts, round_channels
 from amc.checkpoint import atomic_write_bytes
 from amc.errors import AmcError
 from amc.latency import MIN_SAMPLE_MS
@@ -32,7 +32,7 @@ def uniform_latency_counts(latency: LatencyModel, target: float, channel_round: 
     groups = latency.graph.groups
 
     def counts(r: float) -> list[int]:
-        return [round_channels(max(r, 1e-9), g.channels, g.step(channel_round)) for g in groups]
+        return group_counts(max(r, 1e-9), groups, channel_round)
 
     lo, hi = 0.0, 1.0
     for _ in range(40):
@@ -53,7 +53,7 @@ def random_latency_policies(latency: LatencyModel, n: int, target: float = 0.5, 
     rng = np.random.default_rng(seed)
     groups = latency.graph.groups
     # targets below the smallest model would all collapse onto it: spread above it instead
-    lowest = latency.predicted_ratio([round_channels(lbound, g.channels, g.step(channel_round)) for g in groups])
+    lowest = latency.predicted_ratio(group_counts(lbound, groups, channel_round))
     t_lo = min(1.0, max(lowest, target - spread))
     t_hi = min(1.0, max(target + spread, t_lo + 2 * spread))
     out = []
@@ -62,8 +62,7 @@ def random_latency_policies(latency: LatencyModel, n: int, target: float = 0.5, 
         raw = rng.uniform(lbound, 1.0, len(groups))
 
         def counts(scale: float) -> list[int]:
-            return [round_channels(float(np.clip(r * scale, lbound, 1.0)), g.channels, g.step(channel_round))
-                    for r, g in zip(raw, groups)]
+            return group_counts(np.clip(raw * scale, lbound, 1.0), groups, channel_round)
 
         lo, hi = 0.0, 1.0 / raw.min()
         for _ in range(30):
@@ -84,7 +83,7 @@ def uniform_ladder(groups: Sequence[Any], channel_round: int = 1, lbound: float 
     """
     seen: dict[tuple[int, ...], float] = {}
     for r in np.linspace(lbound, 1.0, steps):
-        c = tuple(round_channels(float(r), g.channels, g.step(channel_round)) for g in groups)
+        c = tuple(group_counts(float(r), groups, channel_round))
         seen.setdefault(c, float(r))
     return [(r, list(c)) for c, r in seen.items()]
 

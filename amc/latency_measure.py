@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from amc.budget import allowed_counts, round_channels
+from amc.budget import allowed_counts, group_counts
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 from amc.latency_runtime import (COPIES, OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
@@ -276,11 +276,11 @@ def calibration_policies(groups: Sequence[Any], channel_round: int = 1, n: int =
     from a seeded generator of their own, apart from ``amc bench latency``'s policies.
     """
     rng = np.random.default_rng(seed)
-    out = [[round_channels(0.5, g.channels, g.step(channel_round)) for g in groups]]
+    out = [group_counts(0.5, groups, channel_round)]
     for mean in np.linspace(0.35, 0.9, n):
         raw = rng.uniform(lbound, 1.0, len(groups))
         ratios = np.clip(raw * (mean / raw.mean()), lbound, 1.0)
-        out.append([round_channels(float(r), g.channels, g.step(channel_round)) for r, g in zip(ratios, groups)])
+        out.append(group_counts(ratios, groups, channel_round))
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from amc.budget import PruningState, ResourceModel, round_channels
+from amc.budget import PruningState, ResourceModel, group_counts, round_channels
 from amc.embedding import LayerEmbedding
 from amc.errors import AmcError
 from amc.graph import LayerGraph, build_layer_graph
@@ -164,7 +164,7 @@ class ChannelPruner:
         for r in ratios:
             if not (isinstance(r, (int, float)) and math.isfinite(r) and 0.0 < r <= 1.0):
                 raise AmcError(f"preserve ratios must be in (0, 1], got {r}")
-        return [round_channels(r, g.channels, g.step(channel_round)) for r, g in zip(ratios, self.graph.groups)]
+        return group_counts(ratios, self.graph.groups, channel_round)
 
     def uniform_counts(self, target: float, channel_round: int = 1, resource: str = "flops") -> list[int]:
         """The largest uniform preserve ratio whose ``resource`` (flops, params or predicted

@@ -338,3 +338,14 @@ def test_fill_ends_every_episode_at_the_budget_on_coupled_graphs(key, kind, targ
         assert state.counts[t] >= state.min_counts[t]
     assert resource(state.counts) <= state.budget  # the upper wall still wins
     assert state.ratio() >= target - one_step_cost(resource, channel_round) - 1e-12
+
+
+def test_group_counts_rounds_one_ratio_or_one_per_group_at_each_groups_step() -> None:
+    from amc.budget import group_counts
+    from amc.graph import ChannelGroup
+
+    groups = [ChannelGroup(0, 16, [], []), ChannelGroup(1, 96, [], [], unit=3), ChannelGroup(2, 10, [], [])]
+    assert group_counts(0.5, groups) == [8, 48, 5]
+    assert group_counts(0.5, groups, channel_round=8) == [8, 48, 8]   # 96 at lcm(8, 3) = 24; 10: 8 or all 10
+    assert group_counts([1.0, 0.26, 0.0], groups, channel_round=8) == [16, 24, 8]
+    assert group_counts([0.3, 0.3, 0.3], groups) == group_counts(0.3, groups)
