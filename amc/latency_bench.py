@@ -161,7 +161,7 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
             policy, a uniform ladder from :func:`uniform_ladder`).
 
     Returns:
-        ``{"runtime", "batch", "threads", "min_sample_ms", "target", "channel_round", "fingerprint_id",
+        ``{"runtime", "batch", "threads", "min_sample_ms", "copies", "target", "channel_round", "fingerprint_id",
         "base_predicted_ms", "base_measured_ms", "policies": [{"policy", "counts",
         "predicted_ms", "measured_ms", "predicted_ratio", "measured_ratio", "flops_ratio",
         "abs_rel_err", "ratio_abs_rel_err"}], "median_abs_rel_err", "p90_abs_rel_err",
@@ -187,7 +187,8 @@ def predict_vs_measure(pruner: Any, latency: LatencyModel, policies: int = 20, t
     rows, base_ms = measure_policies(pruner, latency, plans, runtime, batch, threads, repeats, warmup, base, progress)
     med, p90, worst = _summary([r["abs_rel_err"] for r in rows])
     rmed, rp90, rworst = _summary([r["ratio_abs_rel_err"] for r in rows])
-    out = {"runtime": runtime, "batch": batch, "threads": threads, "min_sample_ms": MIN_SAMPLE_MS, "target": target,
+    out = {"runtime": runtime, "batch": batch, "threads": threads, "min_sample_ms": MIN_SAMPLE_MS, "copies": COPIES,
+           "target": target,
            "channel_round": channel_round,
            "fingerprint_id": meta.get("fingerprint_id"), "base_predicted_ms": latency.full,
            "base_measured_ms": float(np.median(base_ms)), "policies": rows, "median_abs_rel_err": med,

@@ -25,8 +25,8 @@ from amc.errors import AmcError
 from amc.latency import MIN_SAMPLE_MS, Latency, interleaved_latency, interleaved_samples
 
 
-#: independent copies of each whole model that the latency benchmark and the tables' calibration
-#: time (:func:`end_to_end`): one onnxruntime session of a batch-1 model can run 10% off another
+#: independent copies of each whole model that :func:`end_to_end` times (``amc eval``, the latency
+#: benchmark, the tables' calibration): one onnxruntime session of a batch-1 model can run 10% off another
 COPIES = 3
 
 
@@ -134,7 +134,7 @@ class OrtModule(nn.Module):
 
 def end_to_end(models: Mapping[str, nn.Module], input_shape: Sequence[int], batch: int, runtime: str = "torch",
                threads: int = 1, repeats: int = 20, warmup: int = 5, folder: Path | None = None,
-               min_sample_ms: float = MIN_SAMPLE_MS, copies: int = 1) -> dict[str, Latency]:
+               min_sample_ms: float = MIN_SAMPLE_MS, copies: int = COPIES) -> dict[str, Latency]:
     """Whole-model latency of each model at ``batch``, interleaved, each sample in the model's
     steady state (:mod:`amc.latency`).
 

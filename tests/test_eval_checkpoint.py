@@ -23,7 +23,7 @@ from helpers import TINY_NET, assert_one_error_line, in_process, pruned_checkpoi
 MODEL = f"{TINY_NET}:factory"
 JSON_KEYS = {"top1", "flops", "params", "file_bytes", "latency_ms_b1", "latency_ms_b64", "speedup_b1",
              "speedup_b64", "base_top1", "base_flops", "base_params", "base_file_bytes", "base_latency_ms_b1",
-             "base_latency_ms_b64", "threads", "repeats", "warmup", "min_sample_ms"}
+             "base_latency_ms_b64", "threads", "repeats", "warmup", "min_sample_ms", "copies"}
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -41,6 +41,7 @@ def test_eval_checkpoint_json(run_amc, tiny_data_dir: Path, pruned: Path) -> Non
     meta = json.loads((pruned / "model.json").read_text())
     assert JSON_KEYS <= set(res)
     assert res["threads"] == 1 and res["repeats"] == 3 and res["warmup"] == 1 and res["min_sample_ms"] == 5.0
+    assert res["copies"] == 3
     assert res["flops"] == meta["flops"] and res["params"] == meta["params"]
     assert res["base_flops"] == meta["base"]["flops"] and res["base_params"] == meta["base"]["params"]
     assert res["file_bytes"] == (pruned / "model.safetensors").stat().st_size < res["base_file_bytes"]

@@ -21,12 +21,14 @@ BATCH_SIZES = (1, 64)
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:
     from amc.latency import MIN_SAMPLE_MS
+    from amc.latency_runtime import COPIES
     from amc.options import bounded
 
     p.add_argument("--repeats", type=bounded(int, "--repeats", 1), default=20,
                    help="with --checkpoint: timed samples per model and batch size, the models' samples "
                         f"alternating; a sample runs its model back to back for at least {MIN_SAMPLE_MS:g} ms and "
-                        "counts the mean per call; the median is reported (default 20)")
+                        f"counts the mean per call; each model runs as {COPIES} independent copies (sessions in "
+                        "ort), a round counting their median; the median of the rounds is reported (default 20)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0), default=5,
                    help="with --checkpoint: untimed runs per model and batch size first (default 5)")
     # its own dest: amc eval --model builds a PruneSpec from the options, whose runtime means the latency target
@@ -42,7 +44,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     from amc.checkpoint import load_state_dict, load_weights_into
     from amc.flops import count_macs, count_params
     from amc.latency import MIN_SAMPLE_MS
-    from amc.latency_runtime import OrtModule, end_to_end
+    from amc.latency_runtime import COPIES, OrtModule, end_to_end
     from amc.models import ModelSpec, build_model
     from amc.pruned import load_checkpoint, load_recorded_splits, rebuild_architecture
     from amc.quantize import INT8_FILE, ort_top1
@@ -117,7 +119,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         res[f"speedup_b{b}"] = lat["base"][b].median_ms / lat["pruned"][b].median_ms
     res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
                 "threads": threads, "latency_device": "cpu", "runtime": runtime, "batch_sizes": batch_sizes,
-                "repeats": repeats, "warmup": warmup, "min_sample_ms": MIN_SAMPLE_MS,
+                "repeats": repeats, "warmup": warmup, "min_sample_ms": MIN_SAMPLE_MS, "copies": COPIES,
                 "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in batch_sizes}})
     emit(res, args.json, _table(res, missing))
     return 0
