@@ -582,6 +582,8 @@ def test_latency_command_builds_then_loads_its_table_and_bench_compares(setup, t
     tabled = [r for r in first["layers"] if r["ms"] is not None]
     assert len(tabled) == 4 and sum(r["flops_share"] for r in first["layers"]) == pytest.approx(1.0)
     assert sum(r["latency_share"] for r in tabled) + first["remainder_share"] == pytest.approx(1.0)
+    assert first["fit"]["tables_scale"] > 0 and first["fit"]["weights_ms_per_mib"] >= 0
+    assert first["fit"]["weights_full_mib"] > 0
     assert main(["latency", *model, "--json"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["from_cache"] and again["predicted_ms"] == first["predicted_ms"]

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
            "predicted_ms": parts["predicted_ms"], "measured_ms": lat.meta.get("measured_full_ms"),
            "remainder_ms": parts["remainder_ms"], "remainder_share": parts["remainder_share"],
            "layers": parts["layers"], "cache_file": str(lat.cache_file), "from_cache": lat.from_cache,
-           "fingerprint_id": lat.meta.get("fingerprint_id"), "build_seconds": lat.meta.get("build_seconds")}
+           "fingerprint_id": lat.meta.get("fingerprint_id"), "build_seconds": lat.meta.get("build_seconds"),
+           "fit": {k: lat.meta.get(k) for k in ("tables_scale", "tables_shift", "weights_full_mib",
+                                                "weights_ms_per_mib")}}
     lines = [f"{model_spec.name}: latency in {spec.runtime}, batch {spec.latency_batch}, "
              f"{spec.latency_threads} thread(s); table {'loaded from' if lat.from_cache else 'built into'} "
              f"{lat.cache_file}",
@@ -51,5 +53,11 @@ def run(args: argparse.Namespace) -> int:
     measured = res["measured_ms"]
     lines.append(f"whole model: predicted {res['predicted_ms']:.3f} ms, measured "
                  f"{'?' if measured is None else f'{measured:.3f}'} ms (when the table was built)")
+    fit = res["fit"]
+    if fit["tables_scale"] is not None:
+        cost = (fit["weights_ms_per_mib"] or 0.0) * (fit["weights_full_mib"] or 0.0)
+        lines.append(f"fitted on whole models: tables x {fit['tables_scale']:.3f}, less {fit['tables_shift'] or 0:.0%} "
+                     f"of each table's smallest entry; weights {fit['weights_full_mib'] or 0:.2f} MiB at "
+                     f"{fit['weights_ms_per_mib'] or 0:.4f} ms/MiB ({cost:.3f} ms, included in the layers' ms)")
     emit(res, args.json, "\n".join(lines))
     return 0
