@@ -26,7 +26,7 @@ without building and timing it. :class:`LatencyModel` predicts it as
   the widths searches visit: ``predicted = scale * (sum of tables + g * weight MiB + c)``, fitted on the slim
   models' measured latency ratios with the base exact; ``c >= 0`` is the remainder, ``c < 0``
   a per-block cost taken off every table (``meta["tables_scale"]``, ``meta["tables_shift"]``,
-  ``meta["calibration"]``; :func:`amc.latency_measure.calibrate`). A third term, fitted with
+  ``meta["calibration"]``; :func:`amc.latency_fit.calibrate`). A third term, fitted with
   them, costs each layer's weight bytes (``meta["weights_ms_per_mib"]``): a block timed alone
   finds its weights in cache, a layer of a net whose weights outgrow the cache does not.
 - **Cache.** A built model is kept as JSON under a fingerprint (CPU model, runtime and its

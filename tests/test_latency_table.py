@@ -371,7 +371,7 @@ def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch,
     are ``scale * (tables + g * weight MiB + c)``, the fit recovers scale, g and c exactly: a
     remainder for c >= 0, a per-table shift for c < 0 (here half the tables' smallest entries);
     the tables stay monotone."""
-    from amc.latency_measure import calibration_policies
+    from amc.latency_fit import calibration_policies
     from amc.pruner import ChannelPruner
 
     model, _ = tiny_setup()
@@ -419,7 +419,7 @@ def test_whole_models_fit_the_tables_exactly(tmp_path, fake_timing, monkeypatch,
     (100.0, 80.0, [1.0], [80.0], 0.0, (1.0, 20.0, 0.0, 0.0)),          # a model timed as the base: no fit
 ])
 def test_calibrate(base, tb, ratios, tables, floor, want) -> None:
-    from amc.latency_measure import calibrate
+    from amc.latency_fit import calibrate
 
     assert calibrate(base, tb, ratios, tables, floor) == pytest.approx(want)
 
@@ -428,7 +428,7 @@ def test_calibrate(base, tb, ratios, tables, floor, want) -> None:
 def test_calibrate_fits_a_cost_per_weight_mib(c, g) -> None:
     """Whole models timed as ``T + g W + c`` give back ``g`` and ``c`` exactly (the scale is 1);
     a negative ``g`` is never used (it would make keeping weights faster): c alone is fitted."""
-    from amc.latency_measure import calibrate
+    from amc.latency_fit import calibrate
 
     rng = np.random.default_rng(0)
     tb, wb, floor = 80.0, 10.0, 20.0
