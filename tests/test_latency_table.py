@@ -474,6 +474,24 @@ def test_end_to_end_times_independent_copies_and_keeps_their_median(monkeypatch,
         lr.end_to_end({"a": model}, INPUT, 2, runtime, copies=0)
 
 
+@pytest.mark.parametrize("runtime, channel_round, warned", [("ort", 1, True), ("ort", 4, True), ("ort", 8, False),
+                                                          ("ort", 16, False), ("torch", 1, False)])
+def test_ort_with_counts_off_multiples_of_8_warns(monkeypatch, capsys, runtime, channel_round, warned) -> None:
+    """onnxruntime runs counts off multiples of 8 far slower than the tables say: one warning line."""
+    import amc.latency_measure
+    from amc.errors import forget_warnings
+    from amc.spec import PruneSpec
+
+    monkeypatch.setattr(amc.latency_measure, "build_latency_model", lambda *a, **k: "table")
+    forget_warnings()
+    pruner = type("P", (), {"model": None, "graph": None, "input_shape": INPUT})()
+    spec = PruneSpec(model="plain20", runtime=runtime, channel_round=channel_round)
+    assert spec.latency_model(pruner) == "table"
+    err = capsys.readouterr().err
+    assert (err.startswith(f"warning: --runtime ort with --channel-round {channel_round}: ") and
+            err.count("\n") == 1 and "--channel-round 8 avoids it" in err) if warned else err == ""
+
+
 def test_per_group_savings_compare_each_group_cut_alone(tmp_path, fake_timing, monkeypatch) -> None:
     """Each group is cut alone (the others full) and timed in one run with the base; where the
     measurement is the table's own prediction, every measured saving equals the predicted one."""
