@@ -208,6 +208,7 @@ def per_group_savings(pruner: Any, latency: LatencyModel, ratio: float = 0.5, ch
 
     A whole-model error says how far off a prediction is; this says which layers it comes
     from (a group whose measured saving is far above its predicted one is priced too cheaply).
+    All ``(groups + 1) x COPIES`` models are held in memory at once: meant for small nets.
 
     Returns:
         ``{"ratio", "groups": [{"group", "layer", "channels", "kept", "residual",
@@ -230,8 +231,7 @@ def per_group_savings(pruner: Any, latency: LatencyModel, ratio: float = 0.5, ch
         plans.append(counts)
     models = {"base": pruner.model if base is None else base,
               **{f"group-{i}": pruner.prune(c, reconstruct=False) for i, c in enumerate(plans)}}
-    with torch_threads(threads):
-        timed = end_to_end(models, tuple(pruner.input_shape), batch, runtime, threads, repeats, warmup, copies=COPIES)
+    timed = end_to_end(models, tuple(pruner.input_shape), batch, runtime, threads, repeats, warmup)
     b = timed["base"].median_ms
     rows = [{"group": i, "layer": g.layer, "channels": g.channels, "kept": c[i], "residual": bool(g.residual),
              "measured_saving": 1.0 - timed[f"group-{i}"].median_ms / b,

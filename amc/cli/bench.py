@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="also cut each group alone to half its channels (the others full) and time all of them "
                          "with the base in one interleaved run: the latency each cut saves, measured against "
                          "predicted, in latency.json ('per_group') and groups.png; shows which layers the table "
-                         "misprices")
+                         "misprices. Holds every cut model at once, three copies each: meant for small nets")
     pl.add_argument("--out", required=True, help="folder for latency.json and latency.png")
     pl.set_defaults(func=run_latency_bench)
     pc = bsub.add_parser("coverage", help="which torchvision models amc prunes end to end",
