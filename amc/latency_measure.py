@@ -41,7 +41,7 @@ from amc.budget import allowed_counts
 from amc.errors import AmcError
 from amc.graph import LayerGraph
 from amc.latency_fit import calibrate, calibration_policies
-from amc.latency_runtime import (COPIES, OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
+from amc.latency_runtime import (OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
                                  quiet_onnx_export, time_interleaved, torch_threads)
 from amc.latency_table import (LatencyModel, LayerTable, cache_path, cache_root, fingerprint_id, load_cached,
                                make_fingerprint, save_cached)
@@ -337,8 +337,7 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         whole: dict[str, Any] = {"model": model, **{f"cal-{i}": slim(c) for i, c in enumerate(plans)}}
         if runtime == "ort":  # exported once, timed in both passes
             whole = {n: OrtModule(m, input_shape, batch, threads, folder) for n, m in whole.items()}
-        first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder,
-                         copies=COPIES)
+        first = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
         for names in unique.values():
             s = specs[names[0]]
             bar.set_postfix_str(names[0], refresh=False)
@@ -350,8 +349,7 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
                 tables[n], weights_mib[n] = tab, mib
             bar.update(raw.size)
         bar.set_postfix_str("whole models", refresh=False)
-        again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder,
-                         copies=COPIES)
+        again = end_to_end(whole, input_shape, batch, runtime, threads, max(repeats, 10), warmup, folder)
         full = min(first["model"].median_ms, again["model"].median_ms)
         ratios = [float(np.mean([r[f"cal-{i}"].median_ms / r["model"].median_ms for r in (first, again)]))
                   for i in range(len(plans))]
@@ -368,8 +366,10 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
     scale, remainder, shift, per_mib = calibrate(full, tables_full, ratios, tables_cal, floor, weights_full,
                                                  weights_cal)
     if scale != 1.0 or shift or per_mib:
-        fitted = {id(t): LayerTable(t.in_axis, t.out_axis, np.maximum(t.raw_ms - shift * t.ms.min(), 0.0) * scale
-                                    + per_mib * weights_mib[n].raw_ms) for n, t in tables.items()}
+        one_name = {id(t): n for n, t in tables.items()}  # shared tables are fitted once
+        fitted = {i: LayerTable(tables[n].in_axis, tables[n].out_axis,
+                                np.maximum(tables[n].raw_ms - shift * tables[n].ms.min(), 0.0) * scale
+                                + per_mib * weights_mib[n].raw_ms) for i, n in one_name.items()}
         tables = {n: fitted[id(t)] for n, t in tables.items()}
     meta = {"fingerprint": fp, "fingerprint_id": fingerprint_id(fp), "runtime": runtime, "batch": batch,
             "threads": threads, "channel_round": channel_round, "grid_points": grid_points,

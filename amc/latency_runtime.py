@@ -160,11 +160,12 @@ def end_to_end(models: Mapping[str, nn.Module], input_shape: Sequence[int], batc
             make = lambda n, j: copy.deepcopy(models[n])  # noqa: E731
         else:
             raise AmcError(f"runtime must be 'torch' or 'ort', got {runtime!r}")
-        keys = [(n, j) for n in models for j in range(copies)]  # a model's copies side by side
-        timed = {str(i): make(n, j) for i, (n, j) in enumerate(keys)}
+        names = list(models)  # copy j of model k is timed as str(k * copies + j): a model's copies side by side
+        timed = {str(k * copies + j): make(n, j) for k, n in enumerate(names) for j in range(copies)}
         res = interleaved_latency(timed, input_shape, [batch], repeats, warmup, min_sample_ms=min_sample_ms)
-    samples = {n: [res[str(i)][batch].samples_ms for i, (m, _) in enumerate(keys) if m == n] for n in models}
-    return {n: Latency(batch, [statistics.median(r) for r in zip(*s)]) for n, s in samples.items()}
+    return {n: Latency(batch, [statistics.median(r) for r in
+                               zip(*(res[str(k * copies + j)][batch].samples_ms for j in range(copies)))])
+            for k, n in enumerate(names)}
 
 
 def ort_run_overhead_ms(threads: int, folder: Path, repeats: int) -> float:
