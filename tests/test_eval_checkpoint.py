@@ -185,3 +185,57 @@ def test_latency_tells_a_slow_model_from_a_fast_one() -> None:
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Path:
     return pruned_checkpoint(tmp_path_factory.mktemp("ckpt"), tiny_data_dir)
+
+
+# --------------------------------------------------------------------------- several checkpoints, one base
+
+def test_several_checkpoints_are_timed_against_one_base(capsys, tmp_path: Path, tiny_data_dir: Path,
+                                                         pruned: Path) -> None:
+    """Two checkpoints of one base: one run, one base timing shared by both, and the frontier picture."""
+    other = _copy(pruned, tmp_path / "other")
+    png = tmp_path / "frontier.png"
+    proc = in_process(capsys, "eval", "--checkpoint", pruned, other, "--data-dir", tiny_data_dir, "--threads", "1",
+                      "--repeats", "2", "--warmup", "0", "--batch-sizes", "1", "4", "--plot", png, "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["checkpoint"] for r in res["checkpoints"]] == [str(pruned), str(other)]
+    assert res["plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = json.loads((pruned / "model.json").read_text())
+    for r in res["checkpoints"]:
+        assert JSON_KEYS - {"latency_ms_b64", "speedup_b64", "base_latency_ms_b64"} <= set(r)
+        assert r["top1"] == meta["test_top1"] and r["flops"] == meta["flops"]
+        for b in (1, 4):  # the base was timed once, in the same run as both
+            assert r[f"base_latency_ms_b{b}"] == res[f"base_latency_ms_b{b}"]
+            assert r[f"speedup_b{b}"] == pytest.approx(res[f"base_latency_ms_b{b}"] / r[f"latency_ms_b{b}"])
+    table = in_process(capsys, "eval", "--checkpoint", pruned, other, "--data-dir", tiny_data_dir, "--threads", "1",
+                       "--repeats", "1", "--warmup", "0", "--batch-sizes", "1").stdout.splitlines()
+    assert table[0].startswith("base ") and table[1].split() == ["checkpoint", "test", "top-1", "MACs", "params",
+                                                                 "speedup", "b1"]
+    assert [line.split()[0] for line in table[2:4]] == [str(pruned), str(other)]
+    assert table[-1].endswith("the base and all 2 checkpoints interleaved")
+
+
+def test_checkpoints_of_different_bases_are_refused(capsys, tmp_path: Path, tiny_data_dir: Path,
+                                                    pruned: Path) -> None:
+    other = _copy(pruned, tmp_path / "other")
+    meta = json.loads((other / "model.json").read_text())
+    meta["base"]["weights"] = str(tmp_path / "another-base.pt")
+    (other / "model.json").write_text(json.dumps(meta))
+    assert_one_error_line(in_process(capsys, "eval", "--checkpoint", pruned, other, "--data-dir", tiny_data_dir),
+                          f"{other} was pruned from another base model than {pruned} (model, input shape or base "
+                          "weights differ): amc eval times several checkpoints against one base")
+    assert_one_error_line(in_process(capsys, "eval", "--checkpoint", pruned, pruned), "a checkpoint is named twice")
+
+
+def test_plot_needs_checkpoints(capsys, tmp_path: Path) -> None:
+    assert_one_error_line(in_process(capsys, "eval", "--model", MODEL, "--plot", tmp_path / "p.png"),
+                          "--plot draws checkpoints against their base: give --checkpoint")
+    assert_one_error_line(in_process(capsys, "eval", "--checkpoint", "x", "--plot", tmp_path),
+                          f"--plot {tmp_path} is a folder; give a .png file")
+
+
+def test_dominated_points_are_those_beaten_on_both_axes() -> None:
+    from amc.frontier import dominated
+
+    # (speedup, top-1): b beats a on both; c is faster than b but less accurate; d ties b exactly
+    assert dominated([(1.2, 92.0), (1.5, 92.5), (2.0, 91.0), (1.5, 92.5)]) == [True, False, False, False]

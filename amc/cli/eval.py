@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from amc.cli.common import add_common, add_spec, emit, setup_threads, spec_from
+from amc.errors import AmcError
 from amc.spec import DATA, MODEL
 
 
@@ -12,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Evaluate a model on the test set (the one place the test set is used).")
     add_spec(p, MODEL, DATA)
     add_common(p)
-    p.add_argument("--checkpoint", default=None,
-                   help="a folder written by amc prune/finetune/export; adds latency vs. the base model")
+    p.add_argument("--checkpoint", default=None, nargs="+", metavar="DIR",
+                   help="a folder written by amc prune/finetune/export/quantize; adds latency vs. the base model. "
+                        "Several folders pruned from one base are timed together, interleaved with that base, "
+                        "so their speedups compare within one run")
     from amc.cli.eval_checkpoint import add_latency_args
 
     add_latency_args(p)
@@ -25,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from amc.train import evaluate, resolve_device
 
     setup_threads(args)
+    if args.plot and not args.checkpoint:
+        raise AmcError("--plot draws checkpoints against their base: give --checkpoint")
+    if args.plot and Path(args.plot).is_dir():
+        raise AmcError(f"--plot {args.plot} is a folder; give a .png file")
     if args.checkpoint:
         from amc.cli.eval_checkpoint import run_checkpoint
 

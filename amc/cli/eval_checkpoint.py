@@ -1,8 +1,10 @@
-"""``amc eval --checkpoint DIR``: a slim model against its unpruned base, measured in one run.
+"""``amc eval --checkpoint DIR [DIR ...]``: slim models against their unpruned base, measured in one run.
 
-Test top-1, FLOPs, params, file size and CPU latency (batch 1 and 64) of both models, and
-the speedup. The base model is rebuilt from the checkpoint's model spec and base weights;
+Test top-1, FLOPs, params, file size and CPU latency (batch 1 and 64) of each model, and the
+speedup. The base model is rebuilt from the checkpoint's model spec and base weights;
 latency needs only the architecture, so missing base weights cost the base top-1 alone.
+Several checkpoints of one base are timed together, interleaved with that base, so their
+speedups compare without the drift between runs (``--plot``: :mod:`amc.frontier`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                    help="with --checkpoint: what times both models: torch (eager, channels-last) or ort "
                         "(onnxruntime's CPU provider, on each model exported to ONNX) (default torch; ort for "
                         "an amc quantize folder, whose int8 model runs in onnxruntime)")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="with --checkpoint: also draw each checkpoint's test top-1 against its speedup, one panel "
+                        "per batch size, the base at 1x (default none)")
     p.add_argument("--batch-sizes", type=bounded(int, "--batch-sizes", 1), nargs="+", default=list(BATCH_SIZES),
                    help="with --checkpoint: batch sizes timed (default 1 64)")
 
@@ -44,9 +49,9 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     from amc.checkpoint import load_state_dict, load_weights_into
     from amc.flops import count_macs, count_params
     from amc.latency import MIN_SAMPLE_MS
-    from amc.latency_runtime import COPIES, OrtModule, end_to_end
+    from amc.latency_runtime import COPIES, end_to_end
     from amc.models import ModelSpec, build_model
-    from amc.pruned import load_checkpoint, load_recorded_splits, rebuild_architecture
+    from amc.pruned import load_recorded_splits
     from amc.quantize import INT8_FILE, ort_top1
     from amc.train import evaluate, resolve_device
 
@@ -56,32 +61,27 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     if warmup < 0:
         raise AmcError(f"--warmup must be >= 0, got {warmup}")
     device = resolve_device(args.device)
-    folder = Path(args.checkpoint)
-    meta = _quantized_meta(folder)
+    folders = [Path(c) for c in (args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint])]
+    if len(set(folders)) < len(folders):
+        raise AmcError("a checkpoint is named twice")
     runtime = getattr(args, "timing_runtime", None)
-    quantized = meta is not None
-    if quantized:  # an amc quantize folder: the int8 ONNX model, run and timed in onnxruntime
-        if runtime == "torch":
-            raise AmcError(f"{folder} holds an int8 ONNX model, which runs in onnxruntime: use --runtime ort")
-        runtime = "ort"
-        int8 = folder / INT8_FILE
-        if not int8.is_file():
-            raise AmcError(f"{int8} is missing")
-        fp32_slim = rebuild_architecture(meta)  # for FLOPs and params
-        model = OrtModule.from_file(int8, torch.get_num_threads())
-        file_bytes = int8.stat().st_size
-    else:
-        model, meta = load_checkpoint(folder)
-        fp32_slim, file_bytes = model, (folder / "model.safetensors").stat().st_size
-    runtime = runtime or "torch"
-    shape = tuple(int(d) for d in meta["input_shape"])
+    threads = torch.get_num_threads()
+    loaded = [_load(f, runtime, threads) for f in folders]
+    # an int8 model runs in onnxruntime, so with one among them every model is timed there
+    runtime = runtime or ("ort" if any(q for *_, q in loaded) else "torch")
+    meta0 = loaded[0][0]
+    for folder, (meta, *_) in zip(folders[1:], loaded[1:]):
+        if _base_key(meta) != _base_key(meta0):
+            raise AmcError(f"{folder} was pruned from another base model than {folders[0]} (model, input shape "
+                           "or base weights differ): amc eval times several checkpoints against one base")
+    shape = tuple(int(d) for d in meta0["input_shape"])
 
-    base = build_model(ModelSpec.from_dict(meta["model"]))
-    base_record = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+    base = build_model(ModelSpec.from_dict(meta0["model"]))
+    base_record = meta0.get("base") if isinstance(meta0.get("base"), dict) else {}
     weights = base_record.get("weights")
     missing = None
     if not weights:
-        missing = f"{folder / 'model.json'} records no base weights"
+        missing = f"{folders[0] / 'model.json'} records no base weights"
     elif not Path(weights).is_file():
         missing = f"the base weights {weights} are missing"
     else:
@@ -90,39 +90,82 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         sys.stderr.write(f"note: {missing}; the base model's top-1 is not reported (its FLOPs, params and "
                          "latency need only the architecture)\n")
 
-    splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
-    if quantized:
-        top1 = ort_top1(folder / INT8_FILE, splits.test, torch.get_num_threads())[0]
-    else:
-        top1 = evaluate(model.to(device), splits.test, device)
-    base_top1 = None if missing else evaluate(base.to(device), splits.test, device)
+    tops, dataset = [], None
+    for folder, (meta, model, _, _, quantized) in zip(folders, loaded):
+        splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
+        dataset = dataset or splits
+        tops.append(ort_top1(folder / INT8_FILE, splits.test, threads)[0] if quantized
+                    else evaluate(model.to(device), splits.test, device))
+    base_top1 = None if missing else evaluate(base.to(device), dataset.test, device)
 
     batch_sizes = list(getattr(args, "batch_sizes", BATCH_SIZES))
-    threads = torch.get_num_threads()
-    # each batch size timed side by side in the runtime, after priming the allocator (amc.latency_runtime)
-    per_batch = {b: end_to_end({"pruned": model, "base": base}, shape, b, runtime, threads, repeats, warmup)
-                 for b in batch_sizes}
-    lat = {name: {b: per_batch[b][name] for b in batch_sizes} for name in ("pruned", "base")}
-    res: dict[str, Any] = {
-        "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
-        "dataset": splits.info.name, "top1": top1, "flops": count_macs(fp32_slim, shape),
-        "params": count_params(fp32_slim), "file_bytes": file_bytes,
-    }
-    for b in batch_sizes:
-        res[f"latency_ms_b{b}"] = lat["pruned"][b].median_ms
-    res.update({"base_top1": base_top1, "base_weights": weights, "base_weights_missing": missing is not None,
-                "base_flops": count_macs(base, shape), "base_params": count_params(base),
-                "base_file_bytes": _safetensors_bytes(base)})
-    for b in batch_sizes:
-        res[f"base_latency_ms_b{b}"] = lat["base"][b].median_ms
-    for b in batch_sizes:
-        res[f"speedup_b{b}"] = lat["base"][b].median_ms / lat["pruned"][b].median_ms
-    res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
-                "threads": threads, "latency_device": "cpu", "runtime": runtime, "batch_sizes": batch_sizes,
-                "repeats": repeats, "warmup": warmup, "min_sample_ms": MIN_SAMPLE_MS, "copies": COPIES,
-                "latency_iqr_ms": {f"{name}_b{b}": lat[name][b].iqr_ms for name in lat for b in batch_sizes}})
-    emit(res, args.json, _table(res, missing))
+    names = [f"pruned{i}" for i in range(len(folders))]
+    # each batch size timed side by side in the runtime, every checkpoint with the one base, after
+    # priming the allocator (amc.latency_runtime)
+    per_batch = {b: end_to_end({"base": base, **{n: m for n, (_, m, *_) in zip(names, loaded)}}, shape, b,
+                               runtime, threads, repeats, warmup) for b in batch_sizes}
+    base_info = {"base_top1": base_top1, "base_weights": weights, "base_weights_missing": missing is not None,
+                 "base_flops": count_macs(base, shape), "base_params": count_params(base),
+                 "base_file_bytes": _safetensors_bytes(base)}
+    run_info = {"threads": threads, "latency_device": "cpu", "runtime": runtime, "batch_sizes": batch_sizes,
+                "repeats": repeats, "warmup": warmup, "min_sample_ms": MIN_SAMPLE_MS, "copies": COPIES}
+    results = []
+    for folder, name, top1, (meta, _, fp32_slim, file_bytes, _) in zip(folders, names, tops, loaded):
+        res: dict[str, Any] = {
+            "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
+            "dataset": dataset.info.name, "top1": top1, "flops": count_macs(fp32_slim, shape),
+            "params": count_params(fp32_slim), "file_bytes": file_bytes,
+        }
+        for b in batch_sizes:
+            res[f"latency_ms_b{b}"] = per_batch[b][name].median_ms
+        res.update(base_info)
+        for b in batch_sizes:
+            res[f"base_latency_ms_b{b}"] = per_batch[b]["base"].median_ms
+        for b in batch_sizes:
+            res[f"speedup_b{b}"] = per_batch[b]["base"].median_ms / per_batch[b][name].median_ms
+        res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
+                    **run_info,
+                    "latency_iqr_ms": {f"{n}_b{b}": per_batch[b][key].iqr_ms
+                                       for n, key in (("pruned", name), ("base", "base")) for b in batch_sizes}})
+        results.append(res)
+    plot = getattr(args, "plot", None)
+    if plot:
+        from amc.frontier import frontier_png
+
+        frontier_png(results, plot)
+    if len(results) == 1:
+        emit({**results[0], **({"plot": plot} if plot else {})}, args.json, _table(results[0], missing))
+    else:
+        summary = {"checkpoints": results, **base_info, **run_info, "plot": plot,
+                   **{f"base_latency_ms_b{b}": per_batch[b]["base"].median_ms for b in batch_sizes}}
+        emit(summary, args.json, _many_table(results, missing))
     return 0
+
+
+def _load(folder: Path, runtime: str | None, threads: int) -> tuple[dict, Any, torch.nn.Module, int, bool]:
+    """``(meta, model to time, fp32 slim model for FLOPs and params, file bytes, quantized)``."""
+    from amc.latency_runtime import OrtModule
+    from amc.pruned import load_checkpoint, rebuild_architecture
+    from amc.quantize import INT8_FILE
+
+    meta = _quantized_meta(folder)
+    if meta is not None:  # an amc quantize folder: the int8 ONNX model, run and timed in onnxruntime
+        if runtime == "torch":
+            raise AmcError(f"{folder} holds an int8 ONNX model, which runs in onnxruntime: use --runtime ort")
+        int8 = folder / INT8_FILE
+        if not int8.is_file():
+            raise AmcError(f"{int8} is missing")
+        return meta, OrtModule.from_file(int8, threads), rebuild_architecture(meta), int8.stat().st_size, True
+    model, meta = load_checkpoint(folder)
+    return meta, model, model, (folder / "model.safetensors").stat().st_size, False
+
+
+def _base_key(meta: dict) -> str:
+    """What must agree for two checkpoints to be timed against one base."""
+    import json
+
+    base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
+    return json.dumps([meta.get("model"), meta.get("input_shape"), base.get("weights")], sort_keys=True, default=str)
 
 
 def _quantized_meta(folder: Path) -> dict | None:
@@ -161,6 +204,28 @@ def _table(r: dict, missing: str | None) -> str:
               for row in rows]
     lines.append(f"latency: CPU, {r['runtime']}, {r['threads']} thread{'s' if r['threads'] != 1 else ''}, median of "
                  f"{r['repeats']} runs after {r['warmup']} warm-up runs, base and pruned interleaved")
+    if missing:
+        lines.append(f"base top-1 n/a: {missing}")
+    return "\n".join(lines)
+
+
+def _many_table(results: list[dict], missing: str | None) -> str:
+    r0 = results[0]
+    bs = r0["batch_sizes"]
+    base = "n/a" if r0["base_top1"] is None else f"{r0['base_top1']:.2f}%"
+    lat = ", ".join(f"b{b} {r0[f'base_latency_ms_b{b}']:.2f} ms" for b in bs)
+    rows = [("checkpoint", "test top-1", "MACs", "params", *(f"speedup b{b}" for b in bs))]
+    for r in results:
+        rows.append((r["checkpoint"], f"{r['top1']:.2f}%", f"{r['flops_ratio']:.3f}", f"{r['params_ratio']:.3f}",
+                     *(f"{r[f'speedup_b{b}']:.2f}x" for b in bs)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"base {r0['model']} on the {r0['dataset']} test set: top-1 {base}, {r0['base_flops'] / 1e6:.2f}M MACs, "
+             f"{r0['base_params'] / 1e6:.3f}M params, {lat}"]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+              for row in rows]
+    lines.append(f"MACs and params as shares of the base's. latency: CPU, {r0['runtime']}, {r0['threads']} "
+                 f"thread{'s' if r0['threads'] != 1 else ''}, median of {r0['repeats']} runs after {r0['warmup']} "
+                 f"warm-up runs, the base and all {len(results)} checkpoints interleaved")
     if missing:
         lines.append(f"base top-1 n/a: {missing}")
     return "\n".join(lines)

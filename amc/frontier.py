@@ -1,0 +1,57 @@
+"""Accuracy against measured speed: several slim models of one base, as one picture.
+
+``amc eval --checkpoint A B ... --plot PNG`` times every checkpoint and the base side by side
+in one run (ratios from separate runs differ by more than the models do on a noisy machine)
+and draws each checkpoint's test top-1 against its speedup, one panel per batch size, with
+the base at 1x. Points up and to the right are better; a checkpoint beaten on both axes by
+another is greyed, so the frontier stands out.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+from amc.checkpoint import atomic_write_bytes
+
+
+def dominated(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each (speedup, top-1) point: is another at least as good on both axes and better on one?"""
+    return [any(sx >= x and sy >= y and (sx > x or sy > y) for j, (sx, sy) in enumerate(points) if j != i)
+            for i, (x, y) in enumerate(points)]
+
+
+def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> None:
+    """Test top-1 against speedup of each ``amc eval --checkpoint`` result, as a PNG.
+
+    ``results`` are the per-checkpoint dicts of one run (the same base, timed together): each
+    has ``checkpoint``, ``top1``, ``base_top1``, ``batch_sizes`` and ``speedup_b{B}``. Drawn
+    with matplotlib's Agg canvas (no display) and written atomically.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    batches = list(results[0]["batch_sizes"])
+    fig = Figure(figsize=(5.2 * len(batches), 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    base_top1 = results[0].get("base_top1")
+    for k, b in enumerate(batches):
+        ax = fig.add_subplot(1, len(batches), k + 1)
+        pts = [(float(r[f"speedup_b{b}"]), float(r["top1"])) for r in results]
+        for (x, y), r, grey in zip(pts, results, dominated(pts)):
+            ax.scatter([x], [y], s=36, zorder=3, color="0.65" if grey else None)
+            ax.annotate(Path(r["checkpoint"]).name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points",
+                        color="0.45" if grey else "black")
+        if base_top1 is not None:
+            ax.scatter([1.0], [base_top1], marker="*", s=90, color="black", zorder=3)
+            ax.annotate("base", (1.0, base_top1), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel(f"speedup over the base, batch {b}")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    r0 = results[0]
+    fig.suptitle(f"{title}{r0.get('model')}, {r0.get('runtime')}, {r0.get('threads')} thread(s), "
+                 f"median of {r0.get('repeats')} interleaved rounds", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
