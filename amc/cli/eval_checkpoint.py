@@ -93,7 +93,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     tops, dataset = [], None
     for folder, (meta, model, _, _, quantized) in zip(folders, loaded):
         splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
-        dataset = dataset or splits
+        dataset = splits if dataset is None else dataset
         tops.append(ort_top1(folder / INT8_FILE, splits.test, threads)[0] if quantized
                     else evaluate(model.to(device), splits.test, device))
     base_top1 = None if missing else evaluate(base.to(device), dataset.test, device)
