@@ -239,3 +239,15 @@ def test_dominated_points_are_those_beaten_on_both_axes() -> None:
 
     # (speedup, top-1): b beats a on both; c is faster than b but less accurate; d ties b exactly
     assert dominated([(1.2, 92.0), (1.5, 92.5), (2.0, 91.0), (1.5, 92.5)]) == [True, False, False, False]
+
+
+def test_the_python_api_behind_the_command(tiny_data_dir: Path, pruned: Path) -> None:
+    from amc.errors import AmcError
+    from amc.slim_eval import evaluate_checkpoints
+
+    rows, note = evaluate_checkpoints([pruned], batch_sizes=[1], repeats=1, warmup=0, data_dir=str(tiny_data_dir))
+    meta = json.loads((pruned / "model.json").read_text())
+    assert note is None and [r["checkpoint"] for r in rows] == [str(pruned)]
+    assert rows[0]["top1"] == meta["test_top1"] and rows[0]["batch_sizes"] == [1] and rows[0]["speedup_b1"] > 0
+    with pytest.raises(AmcError, match="no checkpoint given"):
+        evaluate_checkpoints([])
