@@ -8,8 +8,7 @@ import argparse
 import sys
 
 from amc.cli.common import emit
-from amc.errors import AmcError
-from amc.slim_eval import BATCH_SIZES
+from amc.slim_eval import BATCH_SIZES, evaluate_checkpoints
 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:
@@ -37,13 +36,7 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_checkpoint(args: argparse.Namespace) -> int:
-    from amc.slim_eval import evaluate_checkpoints
-
     repeats, warmup = getattr(args, "repeats", 20), getattr(args, "warmup", 5)
-    if repeats < 1:
-        raise AmcError(f"--repeats must be >= 1, got {repeats}")
-    if warmup < 0:
-        raise AmcError(f"--warmup must be >= 0, got {warmup}")
     checkpoints = args.checkpoint if isinstance(args.checkpoint, list) else [args.checkpoint]
     results, missing = evaluate_checkpoints(checkpoints, getattr(args, "timing_runtime", None),
                                             getattr(args, "batch_sizes", BATCH_SIZES), repeats, warmup,
