@@ -8,6 +8,7 @@ drift between runs.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,12 +71,16 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], runtime: str | None 
     else:
         load_weights_into(base, load_state_dict(weights), source=f"base weights {Path(weights).name}")
 
-    tops, dataset = [], None
+    tops, by_record = [], {}  # checkpoints of one base mostly share a split record: load each once
     for folder, (meta, model, _, _, quantized) in zip(folders, loaded):
-        splits = load_recorded_splits(meta, data_dir)
-        dataset = splits if dataset is None else dataset
+        key = json.dumps([meta.get("dataset"), meta.get("split"), meta.get("input_shape")], sort_keys=True,
+                         default=str)
+        if key not in by_record:
+            by_record[key] = load_recorded_splits(meta, data_dir)
+        splits = by_record[key]
         tops.append(ort_top1(folder / INT8_FILE, splits.test, threads)[0] if quantized
                     else evaluate(model.to(dev), splits.test, dev))
+    dataset = next(iter(by_record.values()))
     base_top1 = None if missing else evaluate(base.to(dev), dataset.test, dev)
 
     batch_sizes = list(batch_sizes)
@@ -131,8 +136,6 @@ def _load(folder: Path, runtime: str | None, threads: int) -> tuple[dict, Any, t
 
 def _base_key(meta: dict) -> str:
     """What must agree for two checkpoints to be timed against one base."""
-    import json
-
     base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
     return json.dumps([meta.get("model"), meta.get("input_shape"), base.get("weights")], sort_keys=True, default=str)
 
