@@ -53,8 +53,9 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         emit({**results[0], **({"plot": plot} if plot else {})}, args.json, _table(results[0], missing))
     else:
         r0 = results[0]
-        shared = {k: v for k, v in r0.items() if k.startswith("base_") or k in
-                  ("threads", "latency_device", "runtime", "batch_sizes", "repeats", "warmup", "min_sample_ms", "copies")}
+        run_keys = ("threads", "latency_device", "runtime", "batch_sizes", "repeats", "warmup", "min_sample_ms",
+                    "copies")
+        shared = {k: v for k, v in r0.items() if k.startswith("base_") or k in run_keys}
         emit({"checkpoints": results, **shared, "plot": plot}, args.json, _many_table(results, missing))
     return 0
 
