@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from amc.checkpoint import read_json
+from amc.checkpoint import base_weights_entry, read_json
 from amc.errors import AmcError
 from amc.problem import Problem
 from amc.spec import PruneSpec
@@ -89,9 +89,10 @@ def prune(spec: PruneSpec, policy: Policy, *, device: str = "cpu", problem: Prob
         "policy": {"source": policy if isinstance(policy, str) else "ratios",
                    "ratios": [l["ratio"] for l in desc["layers"]]},
         "channels": channel_plan(pruner.graph, counts),
-        # absolute, so amc eval can rebuild the base model from any working folder
-        "base": {"weights": str(Path(weights).resolve()) if weights else None, "flops": pruner.flops.full,
-                 "params": pruner.params.full, "reward_top1": base_reward},
+        # absolute, so amc eval can rebuild the base model from any working folder (and the shipped
+        # weights by their place in the package, so from another install too)
+        "base": {**base_weights_entry(weights), "flops": pruner.flops.full, "params": pruner.params.full,
+                 "reward_top1": base_reward},
         "flops": desc["flops"], "params": desc["params"], "flops_ratio": desc["flops_ratio"],
         "params_ratio": desc["params_ratio"], "reward_top1": reward_top1, "test_top1": test_top1,
     }

@@ -176,6 +176,41 @@ def shipped_weights(model_name: str, dataset: str) -> Path | None:
     return p if p.is_file() else None
 
 
+def base_weights_entry(weights: str | Path | None) -> dict[str, str | None]:
+    """How a pruned checkpoint names its base weights: the absolute path, and for the shipped
+    weights also their place in the package (``"shipped": "fashion-mnist/resnet20.safetensors"``),
+    so that a checkpoint copied to another clone or install still finds its base."""
+    if not weights:
+        return {"weights": None}
+    path = Path(weights).resolve()
+    entry: dict[str, str | None] = {"weights": str(path)}
+    if path.is_relative_to(WEIGHTS_DIR.resolve()):
+        entry["shipped"] = path.relative_to(WEIGHTS_DIR.resolve()).as_posix()
+    return entry
+
+
+def find_base_weights(base: dict[str, Any]) -> Path | None:
+    """The base weights a checkpoint's ``base`` record names, where they are on this machine.
+
+    The recorded path first; failing that, the shipped weights of the same name in this
+    install's package (older checkpoints recorded only the path, whose tail after
+    ``amc/weights/`` says the same). None when neither is a file.
+    """
+    weights = base.get("weights")
+    if isinstance(weights, str) and Path(weights).is_file():
+        return Path(weights)
+    shipped = base.get("shipped")
+    if not isinstance(shipped, str) and isinstance(weights, str):
+        parts = Path(weights).parts
+        tail = [i for i in range(len(parts) - 1) if parts[i:i + 2] == ("amc", "weights")]
+        shipped = "/".join(parts[tail[-1] + 2:]) if tail else None
+    if isinstance(shipped, str) and shipped and ".." not in Path(shipped).parts:
+        p = WEIGHTS_DIR / shipped
+        if p.is_file():
+            return p
+    return None
+
+
 def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: dict) -> Path:
     """Write ``model.safetensors`` then ``model.json``; the JSON lands last, so a folder with a
     JSON always has complete weights."""

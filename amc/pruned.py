@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from amc.checkpoint import load_state_dict, load_weights_into, read_json, save_checkpoint
+from amc.checkpoint import find_base_weights, load_state_dict, load_weights_into, read_json, save_checkpoint
 from amc.errors import AmcError
 from amc.graph import build_layer_graph
 from amc.models import ModelSpec, build_model
@@ -127,10 +127,10 @@ def load_recorded_splits(meta: dict, data_dir: str | None = None, check_overlap:
         base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
         spec = meta.get("spec") if isinstance(meta.get("spec"), dict) else {}
         allow = allow_train_overlap or spec.get("allow_train_overlap") is True
-        weights = base.get("weights")
-        if isinstance(weights, str) and not Path(weights).is_file():
+        weights, found = base.get("weights"), find_base_weights(base)
+        if isinstance(weights, str) and found is None:
             warn_once(f"the base weights {weights} are missing; the reward set is not checked for the images "
                       "the base model was trained on")
         else:
-            check_reward_set(splits, weights if isinstance(weights, str) else None, allow)
+            check_reward_set(splits, str(found) if found else None, allow)
     return splits

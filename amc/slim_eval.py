@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from amc.checkpoint import find_base_weights
 from amc.errors import AmcError
 
 BATCH_SIZES = (1, 64)
@@ -62,14 +63,15 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], runtime: str | None 
 
     base = build_model(ModelSpec.from_dict(meta0["model"]))
     base_record = meta0.get("base") if isinstance(meta0.get("base"), dict) else {}
-    weights = base_record.get("weights")
+    weights, found = base_record.get("weights"), find_base_weights(base_record)
     missing = None
     if not weights:
         missing = f"{folders[0] / 'model.json'} records no base weights"
-    elif not Path(weights).is_file():
+    elif found is None:
         missing = f"the base weights {weights} are missing"
     else:
-        load_weights_into(base, load_state_dict(weights), source=f"base weights {Path(weights).name}")
+        weights = str(found)
+        load_weights_into(base, load_state_dict(found), source=f"base weights {found.name}")
 
     tops, by_record = [], {}  # checkpoints of one base mostly share a split record: load each once
     for folder, (meta, model, _, _, quantized) in zip(folders, loaded):
@@ -137,7 +139,9 @@ def _load(folder: Path, runtime: str | None, threads: int) -> tuple[dict, Any, t
 def _base_key(meta: dict) -> str:
     """What must agree for two checkpoints to be timed against one base."""
     base = meta.get("base") if isinstance(meta.get("base"), dict) else {}
-    return json.dumps([meta.get("model"), meta.get("input_shape"), base.get("weights")], sort_keys=True, default=str)
+    found = find_base_weights(base)
+    where = str(found.resolve()) if found else base.get("weights")
+    return json.dumps([meta.get("model"), meta.get("input_shape"), where], sort_keys=True, default=str)
 
 
 def _quantized_meta(folder: Path) -> dict | None:

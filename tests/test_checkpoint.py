@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from amc.checkpoint import (atomic_write_bytes, atomic_write_json, load_state_dict, load_weights_into, read_json,
-                            save_checkpoint, save_weights)
+from amc.checkpoint import (WEIGHTS_DIR, atomic_write_bytes, atomic_write_json, base_weights_entry,
+                            find_base_weights, load_state_dict, load_weights_into, read_json, save_checkpoint,
+                            save_weights)
 from amc.errors import AmcError
 from amc.models import ModelSpec, build_model
 
@@ -236,3 +237,29 @@ def test_atomic_write_gets_the_permissions_of_a_plain_open(tmp_path: Path, umask
         os.umask(old)
     for name in ("a.bin", "b.json", "plain"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+SHIPPED = WEIGHTS_DIR / "fashion-mnist" / "plain20.safetensors"
+
+
+def test_a_checkpoint_names_the_shipped_base_by_its_place_in_the_package(tmp_path: Path) -> None:
+    assert base_weights_entry(SHIPPED) == {"weights": str(SHIPPED.resolve()),
+                                           "shipped": "fashion-mnist/plain20.safetensors"}
+    own = tmp_path / "base.safetensors"
+    own.write_bytes(b"")
+    assert base_weights_entry(own) == {"weights": str(own.resolve())}
+    assert base_weights_entry(None) == {"weights": None}
+
+
+def test_a_checkpoint_from_another_install_finds_the_shipped_base_here(tmp_path: Path) -> None:
+    elsewhere = "/other/clone/amc/weights/fashion-mnist/plain20.safetensors"
+    # written by this version, and by older ones that recorded only the path
+    assert find_base_weights({"weights": elsewhere, "shipped": "fashion-mnist/plain20.safetensors"}) == SHIPPED
+    assert find_base_weights({"weights": elsewhere}) == SHIPPED
+    own = tmp_path / "base.safetensors"
+    own.write_bytes(b"")
+    assert find_base_weights({"weights": str(own)}) == own  # the recorded path first
+    assert find_base_weights({"weights": str(tmp_path / "gone.safetensors")}) is None
+    assert find_base_weights({"weights": "/other/amc/weights/fashion-mnist/none.safetensors"}) is None
+    assert find_base_weights({"weights": None, "shipped": "../checkpoint.py"}) is None  # stays in the package
+    assert find_base_weights({}) is None

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _source(args: argparse.Namespace) -> tuple[Any, dict, Any]:
     """The model to quantize, the record it carries into model.json, and its data splits."""
-    from amc.checkpoint import load_state_dict, load_weights_into
+    from amc.checkpoint import base_weights_entry, load_state_dict, load_weights_into
     from amc.models import ModelSpec, build_model
     from amc.pruned import load_checkpoint, load_recorded_splits
 
@@ -69,7 +69,7 @@ def _source(args: argparse.Namespace) -> tuple[Any, dict, Any]:
         model, model_spec, weights = spec.load_model(splits)
         meta = {"kind": "base", "model": model_spec.to_dict(), "dataset": spec.dataset, "split": splits.record,
                 "input_shape": list(splits.train.shape), "weights": str(Path(weights).resolve()) if weights else None}
-        meta["base"] = {"weights": meta["weights"]}
+        meta["base"] = base_weights_entry(weights)
         return model, meta, splits
     import dataclasses
 
@@ -92,7 +92,7 @@ def _source(args: argparse.Namespace) -> tuple[Any, dict, Any]:
         load_weights_into(model, load_state_dict(folder / "model.safetensors"), source=f"weights in {folder}")
         splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
         weights = str((folder / "model.safetensors").resolve())
-        meta = {**meta, "input_shape": list(splits.train.shape), "base": {"weights": weights}}
+        meta = {**meta, "input_shape": list(splits.train.shape), "base": base_weights_entry(weights)}
     else:
         model, meta = load_checkpoint(folder)
         splits = load_recorded_splits(meta, getattr(args, "data_dir", None))
