@@ -98,6 +98,35 @@ def nearest_measured(rows: Sequence[dict], label: str, prefix: str = "uniform-")
     return min(pool, key=lambda r: abs(r["measured_ratio"] - target["measured_ratio"]))
 
 
+def nearest_uniform(pruner: Any, rows: Sequence[dict], runtime: str, batch: int, threads: int,
+                    label: str = "policy", prefix: str = "uniform-", candidates: int = 3, repeats: int = 20,
+                    warmup: int = 3, base: nn.Module | None = None) -> dict | None:
+    """The uniform model whose measured latency is nearest that of the row labelled ``label``,
+    decided in a run-off.
+
+    :func:`measure_policies` times each ladder model once, against its own base timing, and
+    one timing can be far off on a busy machine (one model measured 0.58 and 0.40 of the base
+    in one run). So the ``candidates`` nearest by those timings are timed again with the
+    policy, all interleaved with the base in one run, and the pick is made there.
+
+    Returns the picked row with ``measured_ratio`` from the run-off, plus ``"runoff"``: each
+    model's ratio to the base in that run (the policy's under ``label``); None when ``rows``
+    lack the policy or any uniform model.
+    """
+    first = nearest_measured(rows, label, prefix)
+    if first is None:
+        return None
+    target = next(r for r in rows if r["policy"] == label)
+    pool = sorted((r for r in rows if r["policy"].startswith(prefix)),
+                  key=lambda r: abs(r["measured_ratio"] - target["measured_ratio"]))[:max(1, candidates)]
+    models = {"base": pruner.model if base is None else base, label: pruner.prune(target["counts"], reconstruct=False),
+              **{r["policy"]: pruner.prune(r["counts"], reconstruct=False) for r in pool}}
+    timed = end_to_end(models, tuple(pruner.input_shape), batch, runtime, threads, repeats, warmup)
+    ratios = {n: timed[n].median_ms / timed["base"].median_ms for n in models if n != "base"}
+    pick = min(pool, key=lambda r: abs(ratios[r["policy"]] - ratios[label]))
+    return {**pick, "measured_ratio": ratios[pick["policy"]], "runoff": ratios}
+
+
 def _summary(errs: Sequence[float]) -> tuple[float, float, float]:
     e = np.asarray(errs, dtype=np.float64)
     return float(np.median(e)), float(np.percentile(e, 90)), float(e.max())

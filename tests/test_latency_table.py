@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -580,6 +581,41 @@ def test_uniform_ladder_lists_each_uniform_model_once_and_nearest_picks_by_measu
             {"policy": "uniform-0.5", "measured_ratio": 0.58}, {"policy": "random-0", "measured_ratio": 0.52}]
     assert nearest_measured(rows, "policy")["policy"] == "uniform-0.5"
     assert nearest_measured(rows, "missing") is None and nearest_measured(rows[:1], "policy") is None
+
+
+def test_the_nearest_uniform_model_is_decided_in_a_runoff_timed_together(monkeypatch) -> None:
+    """One noisy first timing does not pick the baseline: the nearest few are timed again with
+    the policy in one run, and the run-off decides."""
+    import amc.latency_bench as lb
+    from amc.latency import Latency
+
+    class Pruner:
+        model, input_shape = nn.Identity(), (1, 8, 8)
+
+        def prune(self, counts, reconstruct=True):
+            assert reconstruct is False  # weights do not change the speed
+            return nn.Identity()
+
+    rows = [{"policy": "policy", "counts": [4], "measured_ratio": 0.50},
+            {"policy": "uniform-0.4", "counts": [2], "measured_ratio": 0.41},
+            {"policy": "uniform-0.5", "counts": [3], "measured_ratio": 0.51},  # nearest by its first timing
+            {"policy": "uniform-0.6", "counts": [5], "measured_ratio": 0.62},
+            {"policy": "uniform-0.9", "counts": [7], "measured_ratio": 0.90}]
+    runoff_ms = {"base": 10.0, "policy": 5.0, "uniform-0.4": 4.1, "uniform-0.5": 6.2, "uniform-0.6": 6.4}
+    timed = []
+
+    def fake_end_to_end(models, input_shape, batch, runtime, threads, repeats, warmup):
+        timed.append(set(models))
+        return {n: Latency(batch, [runoff_ms[n]] * repeats) for n in models}
+
+    monkeypatch.setattr(lb, "end_to_end", fake_end_to_end)
+    near = lb.nearest_uniform(Pruner(), rows, "torch", 64, 1, candidates=3, repeats=5)
+    assert timed == [{"base", "policy", "uniform-0.4", "uniform-0.5", "uniform-0.6"}]  # one run; 0.9 is too far
+    assert near["policy"] == "uniform-0.4" and near["counts"] == [2]
+    assert near["measured_ratio"] == pytest.approx(0.41)
+    assert near["runoff"] == pytest.approx({"policy": 0.5, "uniform-0.4": 0.41, "uniform-0.5": 0.62,
+                                            "uniform-0.6": 0.64})
+    assert lb.nearest_uniform(Pruner(), rows[:1], "torch", 64, 1) is None
 
 
 def test_blocks_timed_under_the_run_overhead_leave_the_whole_model_to_the_remainder(tmp_path, monkeypatch) -> None:

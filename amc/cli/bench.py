@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--uniform-ladder", action="store_true",
                     help="also time every distinct uniform model at --channel-round, from --lbound to full "
                          "width; with --policy, writes OUT/nearest_uniform.json, the uniform policy whose "
-                         "measured latency ratio is nearest the policy's (a baseline at equal latency)")
+                         "measured latency ratio is nearest the policy's (a baseline at equal latency), decided "
+                         "by timing the policy and the three nearest again, together in one run")
     pl.add_argument("--per-group", action="store_true",
                     help="also cut each group alone to half its channels (the others full) and time all of them "
                          "with the base in one interleaved run: the latency each cut saves, measured against "
@@ -139,7 +140,7 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     from amc.cli.common import fresh_out_dir
     from amc.latency_bench import predict_vs_measure
 
-    from amc.latency_bench import nearest_measured, uniform_ladder
+    from amc.latency_bench import nearest_uniform, uniform_ladder
     from amc.policy import load_policy, write_policy
 
     setup_threads(args)
@@ -154,12 +155,15 @@ def run_latency_bench(args: argparse.Namespace) -> int:
     res = predict_vs_measure(pruner, pruner.latency, args.policies, spec.target, lbound=spec.lbound,
                              repeats=args.repeats, seed=args.policy_seed, progress=not args.json,
                              plot=out / "latency.png", extra=extra)
-    near = nearest_measured(res["policies"], "policy") if args.policy and args.uniform_ladder else None
+    near = None
+    if args.policy and args.uniform_ladder:
+        near = nearest_uniform(pruner, res["policies"], res["runtime"], res["batch"], res["threads"],
+                               repeats=max(args.repeats, 20))
     if near is not None:
         write_policy(out / "nearest_uniform.json", pruner, near["counts"], label=near["policy"],
                      measured_latency_ratio=near["measured_ratio"])
         res["nearest_uniform"] = {"policy": near["policy"], "measured_ratio": near["measured_ratio"],
-                                  "file": str(out / "nearest_uniform.json")}
+                                  "runoff": near["runoff"], "file": str(out / "nearest_uniform.json")}
     if args.per_group:
         from amc.latency_bench import groups_png, per_group_savings
 
@@ -182,6 +186,8 @@ def run_latency_bench(args: argparse.Namespace) -> int:
                    f"{r['predicted_ratio']:.3f}, measured {r['measured_ratio']:.3f}"
                    for r in res["policies"] if r["policy"] == "policy" or r["policy"].startswith("uniform-"))
          + (f"\n  nearest uniform in measured latency: {near['policy']} -> {out}/nearest_uniform.json"
+            f"\n    decided in one run of the policy and the {len(near['runoff']) - 1} nearest, interleaved with "
+            "the base: " + ", ".join(f"{n} {r:.3f}" for n, r in near["runoff"].items())
             if near is not None else "")
          + (_per_group_text(res["per_group"]) if "per_group" in res else "")
          + f"\n  wrote {out}/latency.json and latency.png" + (" and groups.png" if "per_group" in res else ""))
