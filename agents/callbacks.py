@@ -16,7 +16,6 @@ baseline calls it directly.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
 from agents.noise import TruncatedNormalNoise
-from amc.checkpoint import atomic_write_bytes
+from amc.checkpoint import atomic_write_bytes, atomic_write_png
 from amc.errors import AmcError
 from amc.policy import write_policy
 
@@ -165,9 +164,7 @@ class EpisodeLog:
                       "| step | layer | channels | kept | preserve ratio |\n|---|---|---|---|---|\n")
             self.writer.add_text("best/policy", header + "\n".join(rows), self.best["episode"])
             fig = policy_figure(d, self.best)
-            png = io.BytesIO()
-            fig.savefig(png, format="png", dpi=100)
-            atomic_write_bytes(self.run_dir / "best_policy.png", png.getvalue())
+            atomic_write_png(self.run_dir / "best_policy.png", fig, dpi=100)
             self.writer.add_figure("best/policy", fig, self.best["episode"])  # closes the figure
         self.writer.close()
 

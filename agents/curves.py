@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from agents.run_folder import read_episodes
+from amc.checkpoint import atomic_write_png
 from amc.errors import AmcError
 
 _SEED_RUN = re.compile(r"^(?P<algo>[a-z0-9]+)-seed(?P<seed>\d+)$")
@@ -119,7 +120,7 @@ def plot_curves(stats: dict[str, dict[str, Any]], path: str | Path, title: str =
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=110)
+    atomic_write_png(path, fig, dpi=110)
 
 
 def summarize_curves(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agents.run_folder import read_episodes
+from amc.checkpoint import atomic_write_png
 from amc.errors import AmcError
 
 _SEED_RUN = re.compile(r"^[a-z0-9]+-seed\d+$")
@@ -121,5 +122,5 @@ def plot_selection(results: Sequence[dict], path: str | Path) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_png(path, fig, dpi=110)
     plt.close(fig)

@@ -80,6 +80,16 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def atomic_write_png(path: str | Path, fig: Any, dpi: float | None = None) -> None:
+    """A matplotlib figure as a PNG, written as :func:`atomic_write_bytes` writes (a crash
+    leaves the old picture, never half of a new one)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
 

@@ -11,7 +11,6 @@ reward-set accuracy. The test set is not read.
 from __future__ import annotations
 
 import copy
-import io
 import math
 import sys
 from typing import Any, Sequence
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from amc.bn_recal import recalibrate_bn
-from amc.checkpoint import atomic_write_bytes
+from amc.checkpoint import atomic_write_png
 from amc.data import DataSplits
 from amc.errors import AmcError
 from amc.problem import Problem
@@ -136,7 +135,5 @@ def plot_correlation(result: dict[str, Any], path: str) -> None:
     axes[0][0].set_ylabel("after fine-tuning: reward-set top-1 (%)", fontsize=8)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_png(path, fig, dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())

@@ -8,11 +8,10 @@ another is greyed, so the frontier stands out.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
-from amc.checkpoint import atomic_write_bytes
+from amc.checkpoint import atomic_write_png
 
 
 def dominated(points: Sequence[tuple[float, float]]) -> list[bool]:
@@ -52,6 +51,4 @@ def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> 
     fig.suptitle(f"{title}{r0.get('model')}, {r0.get('runtime')}, {r0.get('threads')} thread(s), "
                  f"median of {r0.get('repeats')} interleaved rounds", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_png(path, fig)

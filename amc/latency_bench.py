@@ -9,7 +9,6 @@ latency and latency ratio (slim over base), and the absolute relative errors. Th
 """
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from amc.budget import group_counts, round_channels
-from amc.checkpoint import atomic_write_bytes
+from amc.checkpoint import atomic_write_png
 from amc.errors import AmcError
 from amc.latency import MIN_SAMPLE_MS
 from amc.latency_runtime import COPIES, OrtModule, end_to_end, prime_allocator, torch_threads
@@ -291,9 +290,7 @@ def groups_png(result: dict, path: str | Path, title: str = "") -> None:
     ax.set_title(f"{title}correlation {result['correlation']:.2f}", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_png(path, fig)
 
 
 def scatter_png(result: dict, path: str | Path) -> None:
@@ -333,6 +330,4 @@ def scatter_png(result: dict, path: str | Path) -> None:
                  f"p90 |rel err| {result['p90_abs_rel_err']:.1%} (ms), {result['ratio_p90_abs_rel_err']:.1%} (ratio)",
                  fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_png(path, fig)
