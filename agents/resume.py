@@ -31,6 +31,8 @@ import copy
 import io
 import pickle
 import random
+import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,8 @@ class SearchState:
         self.save_every, self.total = max(1, int(save_every)), total
         self.latest: dict[str, Any] | None = None
         self.saved_episodes: int | None = None
+        self.capture_seconds: list[float] = []  # what keeping a search resumable costs (amc bench search)
+        self.write_seconds: list[float] = []
 
     def capture(self) -> dict[str, Any]:
         return {"format": FORMAT, "config": self.config, "log": self.log.state_dict(),
@@ -174,7 +178,9 @@ class SearchState:
                 "rng": rng_state(self.env, self.agent)}
 
     def boundary(self) -> None:
+        t0 = time.perf_counter()
         self.latest = self.capture()
+        self.capture_seconds.append(time.perf_counter() - t0)
         n = self.latest["log"]["episodes"]
         if n % self.save_every == 0 or n >= self.total:
             self.save_latest()
@@ -186,9 +192,21 @@ class SearchState:
         n = self.latest["log"]["episodes"]
         if n != self.saved_episodes:
             self.log.flush()  # the episodes a state covers are on disk before the state is
+            t0 = time.perf_counter()
             save_state(self.run, self.latest)
+            self.write_seconds.append(time.perf_counter() - t0)
             self.saved_episodes = n
         return n
+
+    def cost(self) -> dict[str, Any]:
+        """What saving cost this search: the median milliseconds to capture the state (a deep
+        copy, every episode) and to write it (``torch.save`` and an atomic write), the number
+        of writes, and the file's size in MiB."""
+        path = self.run / STATE_FILE
+        med = lambda xs: round(1000 * statistics.median(xs), 2) if xs else None  # noqa: E731
+        return {"captures": len(self.capture_seconds), "capture_ms_median": med(self.capture_seconds),
+                "writes": len(self.write_seconds), "write_ms_median": med(self.write_seconds),
+                "state_mib": round(path.stat().st_size / 2**20, 2) if path.is_file() else None}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Put a loaded state back into the agent, the noise, the buffer and every generator."""

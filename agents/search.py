@@ -261,9 +261,10 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
         finally:
             if vec is not None:
                 close_workers(vec)
-    assert log.best is not None
+    assert log.best is not None and keeper is not None
     out = run_folder.result(log.best, log.episodes, base_top1, seconds, run,
                             resumed_at=state["log"]["episodes"] if resumed else None)
+    out["state_save"] = keeper.cost()
     if verified is not None:
         out["verified"] = {k: verified[k] for k in ("chosen_episode", "measured_within_target")}
     return out

@@ -298,5 +298,10 @@ def test_bench_search_reports_time_and_memory(setup, tmp_path, capsys):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["episodes"] == 2 and out["layers"] == 3 and out["seconds_per_episode"] > 0
     assert 50 < out["peak_rss_mib"] < 8000 and out["feature_cache_mib"] == pytest.approx(232.8 / 1024, abs=1e-2)
+    # the cost of keeping it resumable: a capture before the first episode and after each, each
+    # written (--save-every 1)
+    save = out["state_save"]
+    assert save["captures"] == save["writes"] == 3 and save["capture_ms_median"] > 0 and save["write_ms_median"] > 0
+    assert 0 < save["state_mib"] < 100
     bad = amc("bench", "search", *args, "--max-cache-mb", "0.01", capsys=capsys)
     assert assert_one_error_line(bad).startswith("the least-squares cache would take 232.8 KiB")

@@ -202,6 +202,13 @@ def _per_group_text(pg: dict) -> str:
                       f"{100 * r['measured_saving']:.1f}%, predicted {100 * r['predicted_saving']:.1f}%" for r in worst))
 
 
+def _state_save_text(cost: dict) -> str:
+    if not cost.get("writes"):
+        return "  search state: not saved"
+    return (f"  search state ({cost['state_mib']:.2f} MiB): {cost['capture_ms_median']:.1f} ms to capture each episode, "
+            f"{cost['write_ms_median']:.1f} ms per write (medians of {cost['captures']} and {cost['writes']})")
+
+
 def _search_in_child(spec, cfg, run: str) -> tuple[dict, dict, int]:
     """Runs in the child process: the search, its config.json and the child's peak RSS (KiB on Linux)."""
     import resource
@@ -243,14 +250,17 @@ def run_search_bench(args: argparse.Namespace) -> int:
                # the search process's own; with --envs N each worker holds its own copy of the problem
                "peak_rss_mib": round(maxrss_kib / 1024, 1),  # Linux reports KiB
                "feature_cache_mib": round(config.get("feature_cache_bytes", 0) / 2**20, 2),
-               "threads": config.get("threads"), "machine": f"{platform.machine()}, python {platform.python_version()}"}
+               "threads": config.get("threads"), "machine": f"{platform.machine()}, python {platform.python_version()}",
+               # what keeping the search resumable costs (RUN/state.pt, written every --save-every episodes)
+               "state_save": res["state_save"]}
     emit(out_res, args.json,
          f"amc bench search: {spec.model} on {spec.dataset}, {cfg.algo}, {res['episodes']} episodes of "
          f"{out_res['layers']} steps, {out_res['threads']} threads"
          + (f" per worker, {cfg.envs} envs\n" if cfg.envs > 1 else "\n") +
          f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
          f"{wall:.1f} s with start-up and set-up)\n"
-         f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache {out_res['feature_cache_mib']:.1f} MiB")
+         f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache {out_res['feature_cache_mib']:.1f} MiB\n"
+         + _state_save_text(res["state_save"]))
     return 0
 
 
