@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     ps = bsub.add_parser("search", help="a short amc search in a child process: seconds per episode, peak memory",
                          description="Runs a short search in a child process and reports its seconds per "
-                                     "episode, its wall time, its peak resident memory (the child's ru_maxrss) and "
-                                     "the size of its least-squares cache.")
+                                     "episode, its wall time, its peak resident memory (the child's ru_maxrss), "
+                                     "the size of its least-squares cache, and what keeping it resumable costs "
+                                     "(capturing and writing RUN/state.pt).")
     add_spec(ps, MODEL, DATA, PRUNER, BUDGET, LATENCY)
     add_common(ps)
     add_options(ps, SearchConfig, [SEARCH], skip=("episodes", "warmup"))
