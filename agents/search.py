@@ -16,6 +16,7 @@ reward set only. The run folder is :mod:`agents.run_folder`; the output a person
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -123,29 +124,39 @@ def search(spec: PruneSpec, cfg: SearchConfig, run: str | Path, progress: bool =
         return _search(spec, cfg, folder, progress, command, None, None)
 
 
-def resume_search(run: str | Path, progress: bool = True) -> dict[str, Any]:
+def resume_search(run: str | Path, progress: bool = True, verify_top: int | None = None) -> dict[str, Any]:
     """Continue the search saved in ``run`` with the settings of its ``config.json``.
 
     A finished search is only reported. A search killed during its set-up, after writing
     ``config.json`` but before its first episode, starts again from that ``config.json``
     (everything is seeded, so it is the same search). Raises AmcError when there is nothing
     to resume, and when another process writes to ``run``.
+
+    ``verify_top``: at the end (for a finished search, now) time the K best policies end to
+    end (:mod:`agents.verify`), in place of the run's own ``--verify-top``; it changes what
+    follows the search, not the search.
     """
     folder = Path(run)
     if not folder.is_dir():
         raise AmcError(f"run folder not found: {folder}")
     with FolderLock(folder):
-        return _resume_locked(folder, progress)
+        return _resume_locked(folder, progress, verify_top)
 
 
-def _resume_locked(folder: Path, progress: bool) -> dict[str, Any]:
+def _resume_locked(folder: Path, progress: bool, verify_top: int | None = None) -> dict[str, Any]:
     spec, cfg, config = run_folder.read_run_config(folder)
+    check = cfg
+    if verify_top is not None:
+        check = dataclasses.replace(cfg, verify_top=verify_top).validate()
+        if verify_top and spec.budget != "latency":
+            raise AmcError("--verify-top times policies against a latency target: it needs a run with "
+                           "--budget latency")
     if run_folder.stopped_in_setup(folder):
         sys.stderr.write(f"note: the search in {folder} was stopped during its set-up, before its first "
                          "episode; starting it again with the settings of its config.json\n")
         run_folder.remove(folder, tuple(n for n in run_folder.FILES if n != "config.json"))
         command = config.get("command") if isinstance(config.get("command"), list) else None
-        return _search(spec, cfg, folder, progress, command, None, None, restart=True)
+        return _search(spec, cfg, folder, progress, command, None, None, restart=True, verify=check)
     state = load_state(folder)
     try:
         saved = config_dict(*read_config(state.get("config"), "the search state"))
@@ -159,16 +170,22 @@ def _resume_locked(folder: Path, progress: bool) -> dict[str, Any]:
         best = state["log"]["best"]
         if best is None:
             raise AmcError(f"the search state in {folder} finished without any episode")
-        return run_folder.result(best, done, config.get("base_reward_top1"), float(state["log"]["seconds"]),
-                                 folder, resumed_at=done)
-    return _search(spec, cfg, folder, progress, None, state, config)
+        out = run_folder.result(best, done, config.get("base_reward_top1"), float(state["log"]["seconds"]),
+                                folder, resumed_at=done)
+        if verify_top:  # the table and the architecture are all the timing needs
+            problem = spec.build(progress=progress, calibrate=False, latency=True)
+            _add_verified(out, _verify(folder, check, spec, problem.pruner, progress))
+        return out
+    return _search(spec, cfg, folder, progress, None, state, config, verify=check)
 
 
 def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, command: list[str] | None,
-            state: dict[str, Any] | None, config: dict[str, Any] | None, restart: bool = False) -> dict[str, Any]:
+            state: dict[str, Any] | None, config: dict[str, Any] | None, restart: bool = False,
+            verify: SearchConfig | None = None) -> dict[str, Any]:
     """The search loop; ``restart``: a search started again by ``--resume`` after it was killed
     during its set-up (a stop before its first episode then keeps ``config.json``, so
-    ``--resume`` still starts it)."""
+    ``--resume`` still starts it); ``verify``: the settings of the ``--verify-top`` that
+    follows the search (default ``cfg``)."""
     from amc.train import resolve_device
 
     resumed = state is not None
@@ -236,7 +253,7 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             if vec is not None:
                 close_workers(vec)
                 vec = None
-            verified = _verify(run, cfg, spec, pruner, progress)
+            verified = _verify(run, verify or cfg, spec, pruner, progress)
         except Stop as stop:
             saved = keeper.save_latest() if keeper is not None else None
             if saved is None and resumed:
@@ -265,9 +282,13 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
     out = run_folder.result(log.best, log.episodes, base_top1, seconds, run,
                             resumed_at=state["log"]["episodes"] if resumed else None)
     out["state_save"] = keeper.cost()
+    _add_verified(out, verified)
+    return out
+
+
+def _add_verified(out: dict[str, Any], verified: dict[str, Any] | None) -> None:
     if verified is not None:
         out["verified"] = {k: verified[k] for k in ("chosen_episode", "measured_within_target")}
-    return out
 
 
 def _verify(run: Path, cfg: SearchConfig, spec: PruneSpec, pruner: Any, progress: bool) -> dict | None:

@@ -5,14 +5,17 @@ The wall guarantees the latency *table's* prediction. The table is a model and e
 percent per policy, and a search that buys accuracy up to the budget drifts towards the
 policies whose cost the table underestimates (README, "Latency-constrained AMC"). So with
 ``--verify-top K``, after a search under ``--budget latency``, the K best distinct policies
-(by reward) are timed end to end beside the base in the target runtime, batch and threads,
-and the best one whose measured ratio is at or under the target becomes
+(by reward) are timed end to end in the target runtime, batch and threads, all of them
+interleaved with the base in one run (so machine drift does not reorder them), and the best
+one whose measured ratio is at or under the target becomes
 ``RUN/verified_policy.json`` (the format ``amc prune --policy`` reads). If none is, the
 fastest measured one is chosen and the file says so. ``RUN/verified.json`` holds every
-measurement. The search itself, and ``best_policy.json``, are unchanged.
+measurement. The search itself, and ``best_policy.json``, are unchanged. A finished search
+is verified (again) with ``amc search --resume RUN --verify-top K``.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +47,26 @@ def verify_top(run: Path, pruner: Any, target: float, k: int, repeats: int = 10,
     Returns the record of ``verified.json``: the target, the runtime, each candidate's episode,
     reward, reward-set top-1 and predicted and measured latency ratio, and the chosen episode.
     """
-    from amc.latency_bench import measure_policies
+    from amc.latency_runtime import end_to_end
 
     latency = pruner.latency
     meta = latency.meta
     candidates = top_policies(run, k)
-    plans = [(f"episode-{row['episode']}", row["kept"]) for row in candidates]
-    timed, _ = measure_policies(pruner, latency, plans, meta["runtime"], meta["batch"], meta["threads"], repeats,
-                                progress=progress)
+    if progress:
+        sys.stderr.write(f"timing the {len(candidates)} best policies with the base, interleaved in one run\n")
+    models = {"base": pruner.model, **{f"episode-{c['episode']}": pruner.prune(c["kept"], reconstruct=False)
+                                       for c in candidates}}  # weights do not change the speed
+    timed = end_to_end(models, tuple(pruner.input_shape), meta["batch"], meta["runtime"], meta["threads"], repeats,
+                       warmup=3)
+    base_ms = timed["base"].median_ms
     rows = [{"episode": c["episode"], "reward": c["reward"], "reward_top1": c["reward_top1"],
-             "predicted_ratio": t["predicted_ratio"], "measured_ratio": t["measured_ratio"],
-             "measured_ms": t["measured_ms"], "kept": c["kept"]} for c, t in zip(candidates, timed)]
+             "predicted_ratio": latency.predicted_ratio(c["kept"]),
+             "measured_ratio": timed[f"episode-{c['episode']}"].median_ms / base_ms,
+             "measured_ms": timed[f"episode-{c['episode']}"].median_ms, "kept": c["kept"]} for c in candidates]
     fitting = [r for r in rows if r["measured_ratio"] <= target]
     chosen = fitting[0] if fitting else min(rows, key=lambda r: r["measured_ratio"])
     record = {"target": target, "runtime": meta["runtime"], "batch": meta["batch"], "threads": meta["threads"],
-              "repeats": repeats, "candidates": rows, "chosen_episode": chosen["episode"],
+              "repeats": repeats, "base_measured_ms": base_ms, "candidates": rows, "chosen_episode": chosen["episode"],
               "measured_within_target": bool(fitting)}
     atomic_write_json(run / "verified.json", record)
     write_policy(run / "verified_policy.json", pruner, chosen["kept"], reward=chosen["reward"],

@@ -514,6 +514,18 @@ def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
     config = json.loads((run / "config.json").read_text())
     assert config["config"]["budget"] == "latency" and config["latency"]["runtime"] == "torch"
     assert out["best_reward"] == best["reward"]
+    assert verified["base_measured_ms"] > 0  # every candidate timed with the one base, in one run
+
+    # a finished search verified again, with another K: only what follows the search changes
+    before = (run / "episodes.jsonl").read_text()
+    assert main(["search", "--resume", str(run), "--verify-top", "2", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    verified2 = json.loads((run / "verified.json").read_text())
+    assert [c["episode"] for c in verified2["candidates"]] == [c["episode"] for c in cands[:2]]
+    assert again["verified"]["chosen_episode"] == verified2["chosen_episode"] and again["best_reward"] == best["reward"]
+    assert (run / "episodes.jsonl").read_text() == before
+    assert main(["search", "--resume", str(run), "--verify-top", "2"]) == 0
+    assert "verified end to end: episode" in capsys.readouterr().out
 
     # accuracy-guaranteed: -Error * log(latency in us), no wall
     run2 = tmp_path / "run2"
@@ -559,6 +571,12 @@ def test_verify_top_needs_a_latency_budget(setup, tmp_path, capsys):
     in_process_error(capsys, "--verify-top times policies against a latency target: it needs --budget latency",
                      *search_args(setup, tmp_path / "run", "--verify-top", "2", "--episodes", "2", "--warmup", "1"))
     assert not (tmp_path / "run").exists()
+    assert main(search_args(setup, tmp_path / "flops", "--algo", "random", "--episodes", "2", "--quiet")) == 0
+    capsys.readouterr()
+    in_process_error(capsys, "--verify-top times policies against a latency target: it needs a run with "
+                             "--budget latency", "search", "--resume", str(tmp_path / "flops"), "--verify-top", "2")
+    in_process_error(capsys, "--verify-top must be >= 0, got -1",
+                     "search", "--resume", str(tmp_path / "flops"), "--verify-top", "-1")
 
 
 def test_latency_target_below_the_reachable_minimum_is_refused(setup, tmp_path, capsys, monkeypatch):

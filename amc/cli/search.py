@@ -14,8 +14,9 @@ from amc.options import add_options, values_given
 from amc.spec import BUDGET, DATA, LATENCY, MODEL, PRUNER
 from agents.config import AGENT, SEARCH, SearchConfig
 
-# options that may go with --resume: they change what is shown, not the search
-_DISPLAY_ONLY = {"resume", "run", "quiet", "json", "func", "command", "_argv", "_parser"}
+# options that may go with --resume: they change what is shown, or what follows the search
+# (--verify-top), not the search
+_DISPLAY_ONLY = {"resume", "run", "quiet", "json", "func", "command", "_argv", "_parser", "verify_top"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "(a new or empty folder)")
     where.add_argument("--resume", metavar="RUN",
                        help="continue the stopped search in RUN with the settings of RUN/config.json "
-                            "(a finished one is only reported); takes no other setting")
+                            "(a finished one is only reported); takes no other setting but --verify-top K, "
+                            "which times the K best policies of a latency search, finished or not, at its end")
     add_options(p, SearchConfig, [SEARCH])
     add_options(p.add_argument_group("agent (AMC's DDPG settings by default)"), SearchConfig, [AGENT])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.resume is not None:
             _check_resume_alone(args)
-            res = resume_search(args.resume, progress=not args.quiet)
+            res = resume_search(args.resume, progress=not args.quiet,
+                                verify_top=args.verify_top if args.verify_top else None)
             if res.get("resumed_at_episode") == res["episodes"]:
                 sys.stderr.write(f"note: the search in {args.resume} has finished all its {res['episodes']} "
                                  "episodes; nothing to resume\n")
@@ -87,5 +90,11 @@ def _report(res: dict, as_json: bool) -> None:
              f"preserve ratios: {' '.join(f'{r:.2f}' for r in res['best_ratios'])}\n"
              f"{res['seconds']:.1f} s ({res['seconds_per_episode']:.3f} s/episode); "
              f"wrote {res['run']}/best_policy.json; prune with: amc prune --policy {res['run']}/best_policy.json")
+    if "verified" in res:
+        v = res["verified"]
+        table += (f"\nverified end to end: episode {v['chosen_episode']}, "
+                  + ("the best measured at or under the target" if v["measured_within_target"]
+                     else "none measured under the target, so the fastest")
+                  + f"; prune with: amc prune --policy {res['run']}/verified_policy.json")
     emit(res, as_json, table)
 
