@@ -161,6 +161,8 @@ def compare(run: str | Path, policy: str | Path | None = None, data_dir: str | N
     the measured one: the three models timed end to end, interleaved, in that runtime, batch
     and thread count, median of ``repeats``. Pass a ``problem`` built from the run's spec to
     reuse it across runs of one spec. ``include`` picks rows (all three for ``latency``).
+    A latency run whose ``--verify-top`` kept another policy than the best one
+    (``RUN/verified_policy.json``) gets a fourth row, "AMC verified", timed in the same run.
     """
     from amc.latency_runtime import end_to_end
     from amc.train import evaluate, resolve_device
@@ -180,6 +182,11 @@ def compare(run: str | Path, policy: str | Path | None = None, data_dir: str | N
              (f"uniform@{rec.target:g}", lambda: pruner.uniform_counts(rec.target, spec.channel_round, spec.budget)),
              ("AMC", lambda: policy_counts(problem, str(rec.policy)))]
     plans = [(name, counts()) for (name, counts), kind in zip(plans, ("base", "uniform", "AMC")) if kind in include]
+    verified = Path(run) / "verified_policy.json"
+    if latency and policy is None and verified.is_file():
+        counts = policy_counts(problem, str(verified))
+        if counts != plans[-1][1]:
+            plans.append(("AMC verified", counts))
     rows, nets = [], {}
     for name, counts in plans:
         # evaluate a copy: moving the pruner's own model to the GPU would leave it where the

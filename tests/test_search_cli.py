@@ -556,6 +556,17 @@ def test_report_of_a_latency_run_uses_uniform_at_the_latency_budget_and_times_th
     assert 0.3 < uniform["predicted_latency_ratio"] <= 0.4
     assert amc_row["predicted_latency_ratio"] == pytest.approx(best["latency_ratio"])
     assert all(r["measured_ms"] > 0 for r in out["rows"])
+    # a policy --verify-top kept in place of the best one is a fourth row, timed in the same run
+    from amc.api import read_run
+    from amc.policy import write_policy
+
+    problem = read_run(run).spec.build(calibrate=False)
+    other = problem.pruner.uniform_counts(0.3, 1)
+    write_policy(run / "verified_policy.json", problem.pruner, other)
+    assert main(["report", "--run", str(run), "--repeats", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+    assert [r["name"] for r in rows][2:] == ["AMC", "AMC verified"] and rows[3]["measured_latency_ratio"] > 0
+    assert rows[3]["flops"] == problem.pruner.flops(other)
     # a FLOPs run reports latency only when asked, and then builds the table of its spec's target
     run2 = tmp_path / "run2"
     assert main(search_args(setup, run2, "--algo", "random", "--episodes", "2", "--quiet")) == 0

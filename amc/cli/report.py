@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Prune with the uniform policy at the search's budget and with the search's "
                                    "best policy, then report reward-set and test top-1, FLOPs and params next to "
                                    "the unpruned model (no fine-tuning). With --latency (on by default for a "
-                                   "latency-budget run), also the predicted and the measured latency ratio of each.")
+                                   "latency-budget run), also the predicted and the measured latency ratio of each, "
+                                   "and a row for RUN/verified_policy.json where --verify-top kept another policy.")
     p.add_argument("--run", required=True, help="an amc search run folder")
     p.add_argument("--policy", default=None, help="a policy file instead of RUN/best_policy.json")
     p.add_argument("--data-dir", default=None, help="where the data lies, if not where the search found it")
