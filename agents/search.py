@@ -303,6 +303,9 @@ def _verify(run: Path, cfg: SearchConfig, spec: PruneSpec, pruner: Any, progress
         sys.stderr.write(f"verified {len(record['candidates'])} best policies end to end: episode "
                          f"{chosen['episode']} measures {chosen['measured_ratio']:.3f} of the base (predicted "
                          f"{chosen['predicted_ratio']:.3f}, target {spec.target:g})"
-                         + ("" if record["measured_within_target"] else "; none measured within the target, so "
-                            "the fastest") + f"; wrote {run / 'verified_policy.json'}\n")
+                         + ("" if record["measured_within_target"] else
+                            f"; none measured within the target, so the fastest (they measure "
+                            f"{record['measured_over_predicted']:.2f}x their prediction: --target "
+                            f"{record['suggested_target']:.3f} would aim a new search at {spec.target:g})")
+                         + f"; wrote {run / 'verified_policy.json'}\n")
     return record

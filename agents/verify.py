@@ -9,12 +9,14 @@ policies whose cost the table underestimates (README, "Latency-constrained AMC")
 interleaved with the base in one run (so machine drift does not reorder them), and the best
 one whose measured ratio is at or under the target becomes
 ``RUN/verified_policy.json`` (the format ``amc prune --policy`` reads). If none is, the
-fastest measured one is chosen and the file says so. ``RUN/verified.json`` holds every
-measurement. The search itself, and ``best_policy.json``, are unchanged. A finished search
+fastest measured one is chosen and the file says so, and ``verified.json`` suggests a target
+for a new search: the target divided by the candidates' median measured/predicted ratio
+(their shared bias). ``RUN/verified.json`` holds every measurement. The search itself, and ``best_policy.json``, are unchanged. A finished search
 is verified (again) with ``amc search --resume RUN --verify-top K``.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,9 +67,13 @@ def verify_top(run: Path, pruner: Any, target: float, k: int, repeats: int = 10,
              "measured_ms": timed[f"episode-{c['episode']}"].median_ms, "kept": c["kept"]} for c in candidates]
     fitting = [r for r in rows if r["measured_ratio"] <= target]
     chosen = fitting[0] if fitting else min(rows, key=lambda r: r["measured_ratio"])
+    # the search keeps what the table prices too cheaply, so its best policies can all share one
+    # bias; dividing the target by it aims a new search at the speed asked for
+    bias = statistics.median(r["measured_ratio"] / r["predicted_ratio"] for r in rows)
     record = {"target": target, "runtime": meta["runtime"], "batch": meta["batch"], "threads": meta["threads"],
               "repeats": repeats, "base_measured_ms": base_ms, "candidates": rows, "chosen_episode": chosen["episode"],
-              "measured_within_target": bool(fitting)}
+              "measured_within_target": bool(fitting), "measured_over_predicted": bias,
+              "suggested_target": None if fitting else target / bias}
     atomic_write_json(run / "verified.json", record)
     write_policy(run / "verified_policy.json", pruner, chosen["kept"], reward=chosen["reward"],
                  reward_top1=chosen["reward_top1"], episode=chosen["episode"],

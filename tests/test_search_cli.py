@@ -507,6 +507,10 @@ def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
     assert verified["chosen_episode"] == chosen["episode"] == out["verified"]["chosen_episode"]
     vp = json.loads((run / "verified_policy.json").read_text())
     assert [l["kept"] for l in vp["layers"]] == chosen["kept"] and vp["measured_within_target"] == bool(fitting)
+    bias = sorted(c["measured_ratio"] / c["predicted_ratio"] for c in cands)
+    assert verified["measured_over_predicted"] == pytest.approx(bias[len(bias) // 2] if len(bias) % 2 else
+                                                                (bias[len(bias) // 2 - 1] + bias[len(bias) // 2]) / 2)
+    assert verified["suggested_target"] == (None if fitting else pytest.approx(0.4 / verified["measured_over_predicted"]))
     assert all(e["latency_ratio"] <= 0.4 + 1e-12 for e in episodes)
     assert all(e["latency_ratio"] > 0.3 for e in episodes)  # the lower wall fills the latency budget
     best = json.loads((run / "best_policy.json").read_text())
