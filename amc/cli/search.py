@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         if args.resume is not None:
             _check_resume_alone(args)
             res = resume_search(args.resume, progress=not args.quiet,
-                                verify_top=args.verify_top if args.verify_top else None)
+                                verify_top=getattr(args, "verify_top", None) or None)
             if res.get("resumed_at_episode") == res["episodes"]:
                 sys.stderr.write(f"note: the search in {args.resume} has finished all its {res['episodes']} "
                                  "episodes; nothing to resume\n")
