@@ -43,8 +43,8 @@ from amc.graph import LayerGraph
 from amc.latency_fit import calibrate, calibration_policies
 from amc.latency_runtime import (OrtModule, end_to_end, ort_run_overhead_ms, ort_session, prime_allocator,
                                  quiet_onnx_export, time_interleaved, torch_threads)
-from amc.latency_table import (LatencyModel, LayerTable, cache_path, cache_root, fingerprint_id, load_cached,
-                               make_fingerprint, save_cached)
+from amc.latency_table import (LatencyModel, LayerTable, cache_lock, cache_path, cache_root, fingerprint_id,
+                               load_cached, make_fingerprint, save_cached)
 
 ACTIVATIONS = frozenset({"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "silu_", "hardswish",
                          "hardswish_", "gelu", "leaky_relu", "leaky_relu_", "elu", "elu_", "selu", "celu", "mish",
@@ -298,8 +298,6 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
         ``.from_cache`` says whether it was loaded. A corrupt or foreign cache file is
         rebuilt with a one-line ``warning:`` on stderr.
     """
-    from tqdm import tqdm
-
     if runtime not in ("torch", "ort"):
         raise AmcError(f"runtime must be 'torch' or 'ort', got {runtime!r}")
     for what, v, lo in (("batch", batch, 1), ("threads", threads, 1), ("channel_round", channel_round, 1),
@@ -311,11 +309,29 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
     shapes = {"input_shape": list(input_shape), "layers": {n: s.key() for n, s in specs.items()}}
     fp = make_fingerprint(runtime, batch, threads, shapes)
     path = cache_path(cache_root(cache_dir), fp)
-    if use_cache and not rebuild:
-        cached = load_cached(path, fp, graph)
-        if cached is not None:
-            cached.cache_file, cached.from_cache = path, True
-            return cached
+    # one process builds a table at a time; the others wait, then load what it wrote
+    with cache_lock(path) if use_cache else contextlib.nullcontext():
+        if use_cache and not rebuild:
+            cached = load_cached(path, fp, graph)
+            if cached is not None:
+                cached.cache_file, cached.from_cache = path, True
+                return cached
+        lm = _measure(model, graph, specs, input_shape, fp, runtime, batch, threads, channel_round, grid_points,
+                      exact_points, progress, repeats, warmup, min_sample_ms, slim)
+        if use_cache:
+            save_cached(path, lm)
+        lm.cache_file, lm.from_cache = (path if use_cache else None), False
+        return lm
+
+
+def _measure(model: nn.Module, graph: LayerGraph, specs: dict[str, Any], input_shape: tuple[int, ...],
+             fp: dict[str, Any], runtime: str, batch: int, threads: int, channel_round: int, grid_points: int,
+             exact_points: int, progress: bool, repeats: int, warmup: int, min_sample_ms: float,
+             slim: Callable[[list[int]], nn.Module] | None) -> LatencyModel:
+    """Time every distinct block on its grid and the whole models, and fit the tables
+    (:func:`build_latency_model` without the cache)."""
+    from tqdm import tqdm
+
     unique: dict[str, list[str]] = {}
     for name, s in specs.items():
         unique.setdefault(s.key(), []).append(name)
@@ -380,8 +396,4 @@ def build_latency_model(model: nn.Module, graph: LayerGraph, input_shape: Sequen
                             "weights_mib": weights_cal},
             "ort_run_overhead_ms": overhead if runtime == "ort" else None,
             "points": n_points, "distinct_blocks": len(unique), "build_seconds": time.perf_counter() - t0}
-    lm = LatencyModel(graph, tables, remainder, meta)
-    if use_cache:
-        save_cached(path, lm)
-    lm.cache_file, lm.from_cache = (path if use_cache else None), False
-    return lm
+    return LatencyModel(graph, tables, remainder, meta)

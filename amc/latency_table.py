@@ -35,6 +35,7 @@ without building and timing it. :class:`LatencyModel` predicts it as
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import math
@@ -43,7 +44,7 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -356,6 +357,31 @@ def load_cached(path: Path, fp: Mapping[str, Any], graph: LayerGraph) -> Latency
     except AmcError as e:
         _warn(f"latency table {path} is corrupt ({e}); rebuilding it")
         return None
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Held while one table is loaded or built: a second process that wants the same table
+    (searches started together) waits for the first to write it, then loads it, instead of
+    timing its own while the first one times (each under the other's load) and overwriting it.
+    ``filelock`` on ``PATH.lock``; a cache folder that cannot be written goes unlocked."""
+    from filelock import FileLock, Timeout
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"note: another process is building the latency table {path}; waiting for it", file=sys.stderr)
+            lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def save_cached(path: Path, model: LatencyModel) -> None:

@@ -321,6 +321,34 @@ def test_a_corrupt_or_foreign_cache_file_is_rebuilt_with_a_warning(tmp_path, fak
     assert build_latency_model(model, graph, batch=2, cache_dir=tmp_path, progress=False).from_cache  # fixed
 
 
+def test_a_second_builder_waits_for_the_table_being_built_then_loads_it(tmp_path, fake_timing, capsys) -> None:
+    """Searches started together build one table: the second waits for the first, then loads it."""
+    import threading
+    import time
+
+    from filelock import FileLock
+
+    model, graph = tiny_setup()
+    path = build_latency_model(model, graph, batch=2, cache_dir=tmp_path, progress=False).cache_file
+    built = path.read_text()
+    path.unlink()
+    n = fake_timing["blocks"]
+    first = FileLock(f"{path}.lock")
+    first.acquire()  # another process is building this table
+    got: dict = {}
+    second = threading.Thread(target=lambda: got.update(
+        lm=build_latency_model(model, graph, batch=2, cache_dir=tmp_path, progress=False)))
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive() and fake_timing["blocks"] == n  # waiting, not timing
+    path.write_text(built)  # the first one wrote its table
+    first.release()
+    second.join(30)
+    assert got["lm"].from_cache and fake_timing["blocks"] == n
+    assert capsys.readouterr().err == (f"note: another process is building the latency table {path}; "
+                                       "waiting for it\n")
+
+
 def test_cache_location(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("AMC_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
