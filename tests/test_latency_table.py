@@ -349,6 +349,16 @@ def test_a_second_builder_waits_for_the_table_being_built_then_loads_it(tmp_path
                                        "waiting for it\n")
 
 
+def test_a_cache_folder_that_cannot_be_made_costs_a_warning_not_the_table(tmp_path, fake_timing, capsys) -> None:
+    model, graph = tiny_setup()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    lm = build_latency_model(model, graph, batch=2, cache_dir=blocker, progress=False)
+    assert not lm.from_cache and lm.full > 0 and fake_timing["blocks"] > 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: cannot cache the latency table: "), err
+
+
 def test_cache_location(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("AMC_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
