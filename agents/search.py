@@ -174,6 +174,7 @@ def _resume_locked(folder: Path, progress: bool, verify_top: int | None = None) 
                                 folder, resumed_at=done)
         if verify_top:  # the table and the architecture are all the timing needs
             problem = spec.build(progress=progress, calibrate=False, latency=True)
+            _check_same_table(config, problem.pruner, folder)
             _add_verified(out, _verify(folder, check, spec, problem.pruner, progress))
         return out
     return _search(spec, cfg, folder, progress, None, state, config, verify=check)
@@ -208,6 +209,7 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
             env = ChannelPruningEnv(problem=problem, **env_options(spec, cfg, device))
             if resumed:
                 base_top1 = config.get("base_reward_top1")
+                _check_same_table(config, pruner, run)
                 if config.get("num_layers") != pruner.num_layers:
                     raise AmcError(f"the model now has {pruner.num_layers} prunable layers, the run "
                                    f"{config.get('num_layers')}: its model or weights changed; cannot resume")
@@ -284,6 +286,19 @@ def _search(spec: PruneSpec, cfg: SearchConfig, run: Path, progress: bool, comma
     out["state_save"] = keeper.cost()
     _add_verified(out, verified)
     return out
+
+
+def _check_same_table(config: dict[str, Any], pruner: Any, run: Path) -> None:
+    """Warn when the latency table loaded now is not the one the run was searched with (the
+    cache was rebuilt since): predictions, and a resumed search's wall, then use the new one."""
+    recorded = config.get("latency") if isinstance(config.get("latency"), dict) else {}
+    want = recorded.get("predicted_full_ms")
+    if pruner.latency is None or not isinstance(want, (int, float)):
+        return
+    if abs(pruner.latency.full - want) > 1e-9 * max(1.0, abs(want)):
+        sys.stderr.write(f"warning: the latency table in the cache is not the one {run} was searched with (the "
+                         f"base predicted at {pruner.latency.full:.3f} ms, the run recorded {want:.3f} ms; it was "
+                         "rebuilt since): predictions from here on use the new one\n")
 
 
 def _add_verified(out: dict[str, Any], verified: dict[str, Any] | None) -> None:

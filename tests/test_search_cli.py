@@ -468,7 +468,7 @@ def test_rank_correlations_by_hand():
     assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # constant: nan
 
 
-def synthetic_latency(pruner):
+def synthetic_latency(pruner, remainder_ms: float = 0.05):
     """A latency table that times nothing: each layer costs cin * cout * its output positions, and
     the 28x28 layers twice that (memory traffic the FLOPs count misses)."""
     from amc.latency_table import LatencyModel
@@ -479,7 +479,7 @@ def synthetic_latency(pruner):
         w = 2e-6 * hw * (2.0 if li.in_hw[0] == 28 else 1.0)
         ins, outs = sorted({1, li.cin}), sorted({1, li.cout})
         tables[name] = (ins, outs, [[w * i * o for o in outs] for i in ins])
-    return LatencyModel.from_tables(pruner.graph, tables, remainder_ms=0.05,
+    return LatencyModel.from_tables(pruner.graph, tables, remainder_ms=remainder_ms,
                                     meta={"runtime": "torch", "batch": 64, "threads": 1, "fingerprint_id": "synthetic"})
 
 
@@ -529,7 +529,13 @@ def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
     assert again["verified"]["chosen_episode"] == verified2["chosen_episode"] and again["best_reward"] == best["reward"]
     assert (run / "episodes.jsonl").read_text() == before
     assert main(["search", "--resume", str(run), "--verify-top", "2"]) == 0
-    assert "verified end to end: episode" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "verified end to end: episode" in shown.out and "warning" not in shown.err
+    # a table rebuilt since the search (another remainder): said, and the new one is used
+    monkeypatch.setattr(amc.spec.PruneSpec, "latency_model", lambda self, pruner, progress=False:
+                        synthetic_latency(pruner, remainder_ms=0.06))
+    assert main(["search", "--resume", str(run), "--verify-top", "2", "--quiet"]) == 0
+    assert "warning: the latency table in the cache is not the one" in capsys.readouterr().err
 
     # accuracy-guaranteed: -Error * log(latency in us), no wall
     run2 = tmp_path / "run2"
