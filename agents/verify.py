@@ -7,11 +7,11 @@ policies whose cost the table underestimates (README, "Latency-constrained AMC")
 ``--verify-top K``, after a search under ``--budget latency``, the K best distinct policies
 (by reward) are timed end to end in the target runtime, batch and threads, all of them
 interleaved with the base in one run (so machine drift does not reorder them), and the best
-one whose measured ratio is at or under the target becomes
-``RUN/verified_policy.json`` (the format ``amc prune --policy`` reads). If none is, the
-fastest measured one is chosen and the file says so, and ``verified.json`` suggests a target
-for a new search: the target divided by the candidates' median measured/predicted ratio
-(their shared bias). ``RUN/verified.json`` holds every measurement. The search itself, and ``best_policy.json``, are unchanged. A finished search
+one whose measured ratio is at or under the target becomes ``RUN/verified_policy.json`` (the
+format ``amc prune --policy`` reads). If none is, the fastest measured one is chosen and the
+file says so, and ``RUN/verified.json``, which holds every measurement, suggests a target for
+a new search: the target divided by the candidates' median measured/predicted ratio (their
+shared bias). The search itself, and ``best_policy.json``, are unchanged. A finished search
 is verified (again) with ``amc search --resume RUN --verify-top K``.
 """
 from __future__ import annotations

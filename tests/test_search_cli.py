@@ -510,7 +510,8 @@ def test_latency_budget_search_end_to_end(setup, tmp_path, capsys, monkeypatch):
     bias = sorted(c["measured_ratio"] / c["predicted_ratio"] for c in cands)
     assert verified["measured_over_predicted"] == pytest.approx(bias[len(bias) // 2] if len(bias) % 2 else
                                                                 (bias[len(bias) // 2 - 1] + bias[len(bias) // 2]) / 2)
-    assert verified["suggested_target"] == (None if fitting else pytest.approx(0.4 / verified["measured_over_predicted"]))
+    suggested = None if fitting else pytest.approx(0.4 / verified["measured_over_predicted"])
+    assert verified["suggested_target"] == suggested
     assert all(e["latency_ratio"] <= 0.4 + 1e-12 for e in episodes)
     assert all(e["latency_ratio"] > 0.3 for e in episodes)  # the lower wall fills the latency budget
     best = json.loads((run / "best_policy.json").read_text())

@@ -206,8 +206,8 @@ def _per_group_text(pg: dict) -> str:
 def _state_save_text(cost: dict) -> str:
     if not cost.get("writes"):
         return "  search state: not saved"
-    return (f"  search state ({cost['state_mib']:.2f} MiB): {cost['capture_ms_median']:.1f} ms to capture each episode, "
-            f"{cost['write_ms_median']:.1f} ms per write (medians of {cost['captures']} and {cost['writes']})")
+    return (f"  search state ({cost['state_mib']:.2f} MiB): {cost['capture_ms_median']:.1f} ms to capture each "
+            f"episode, {cost['write_ms_median']:.1f} ms per write (medians of {cost['captures']} and {cost['writes']})")
 
 
 def _search_in_child(spec, cfg, run: str) -> tuple[dict, dict, int]:
@@ -260,8 +260,8 @@ def run_search_bench(args: argparse.Namespace) -> int:
          + (f" per worker, {cfg.envs} envs\n" if cfg.envs > 1 else "\n") +
          f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
          f"{wall:.1f} s with start-up and set-up)\n"
-         f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache {out_res['feature_cache_mib']:.1f} MiB\n"
-         + _state_save_text(res["state_save"]))
+         f"  peak memory (RSS) {out_res['peak_rss_mib']:.0f} MiB, least-squares cache "
+         f"{out_res['feature_cache_mib']:.1f} MiB\n" + _state_save_text(res["state_save"]))
     return 0
 
 
