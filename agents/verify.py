@@ -49,22 +49,19 @@ def verify_top(run: Path, pruner: Any, target: float, k: int, repeats: int = 10,
     Returns the record of ``verified.json``: the target, the runtime, each candidate's episode,
     reward, reward-set top-1 and predicted and measured latency ratio, and the chosen episode.
     """
-    from amc.latency_runtime import end_to_end
+    from amc.latency_bench import time_together
 
     latency = pruner.latency
     meta = latency.meta
     candidates = top_policies(run, k)
     if progress:
         sys.stderr.write(f"timing the {len(candidates)} best policies with the base, interleaved in one run\n")
-    models = {"base": pruner.model, **{f"episode-{c['episode']}": pruner.prune(c["kept"], reconstruct=False)
-                                       for c in candidates}}  # weights do not change the speed
-    timed = end_to_end(models, tuple(pruner.input_shape), meta["batch"], meta["runtime"], meta["threads"], repeats,
-                       warmup=3)
-    base_ms = timed["base"].median_ms
+    base_ms, ms = time_together(pruner, [(f"episode-{c['episode']}", c["kept"]) for c in candidates],
+                                meta["runtime"], meta["batch"], meta["threads"], repeats)
     rows = [{"episode": c["episode"], "reward": c["reward"], "reward_top1": c["reward_top1"],
              "predicted_ratio": latency.predicted_ratio(c["kept"]),
-             "measured_ratio": timed[f"episode-{c['episode']}"].median_ms / base_ms,
-             "measured_ms": timed[f"episode-{c['episode']}"].median_ms, "kept": c["kept"]} for c in candidates]
+             "measured_ratio": ms[f"episode-{c['episode']}"] / base_ms,
+             "measured_ms": ms[f"episode-{c['episode']}"], "kept": c["kept"]} for c in candidates]
     fitting = [r for r in rows if r["measured_ratio"] <= target]
     chosen = fitting[0] if fitting else min(rows, key=lambda r: r["measured_ratio"])
     # the search keeps what the table prices too cheaply, so its best policies can all share one

@@ -112,18 +112,27 @@ def nearest_uniform(pruner: Any, rows: Sequence[dict], runtime: str, batch: int,
     model's ratio to the base in that run (the policy's under ``label``); None when ``rows``
     lack the policy or any uniform model.
     """
-    first = nearest_measured(rows, label, prefix)
-    if first is None:
+    target = next((r for r in rows if r["policy"] == label), None)
+    pool = [r for r in rows if r["policy"].startswith(prefix)]
+    if target is None or not pool:
         return None
-    target = next(r for r in rows if r["policy"] == label)
-    pool = sorted((r for r in rows if r["policy"].startswith(prefix)),
-                  key=lambda r: abs(r["measured_ratio"] - target["measured_ratio"]))[:max(1, candidates)]
-    models = {"base": pruner.model if base is None else base, label: pruner.prune(target["counts"], reconstruct=False),
-              **{r["policy"]: pruner.prune(r["counts"], reconstruct=False) for r in pool}}
-    timed = end_to_end(models, tuple(pruner.input_shape), batch, runtime, threads, repeats, warmup)
-    ratios = {n: timed[n].median_ms / timed["base"].median_ms for n in models if n != "base"}
+    pool = sorted(pool, key=lambda r: abs(r["measured_ratio"] - target["measured_ratio"]))[:max(1, candidates)]
+    base_ms, ms = time_together(pruner, [(label, target["counts"])] + [(r["policy"], r["counts"]) for r in pool],
+                                runtime, batch, threads, repeats, warmup, base)
+    ratios = {n: t / base_ms for n, t in ms.items()}
     pick = min(pool, key=lambda r: abs(ratios[r["policy"]] - ratios[label]))
     return {**pick, "measured_ratio": ratios[pick["policy"]], "runoff": ratios}
+
+
+def time_together(pruner: Any, plans: Sequence[tuple[str, Sequence[int]]], runtime: str, batch: int, threads: int,
+                  repeats: int = 20, warmup: int = 3, base: nn.Module | None = None) -> tuple[float, dict[str, float]]:
+    """Every ``(label, counts)`` slim model and the base timed end to end in one run,
+    interleaved (so machine drift does not reorder them): the base's median ms, and each
+    label's. Built without reconstruction: weights do not change the speed."""
+    models = {"base": pruner.model if base is None else base,
+              **{label: pruner.prune(list(counts), reconstruct=False) for label, counts in plans}}
+    timed = end_to_end(models, tuple(pruner.input_shape), batch, runtime, threads, repeats, warmup)
+    return timed["base"].median_ms, {label: timed[label].median_ms for label, _ in plans}
 
 
 def _summary(errs: Sequence[float]) -> tuple[float, float, float]:
