@@ -116,12 +116,17 @@ def search(spec: PruneSpec, cfg: SearchConfig, run: str | Path, progress: bool =
     """
     spec.validate()
     cfg.validate()
-    if cfg.verify_top and spec.budget != "latency":
-        raise AmcError("--verify-top times policies against a latency target: it needs --budget latency")
+    _check_verify_budget(spec, cfg.verify_top)
     folder = run_folder.prepare_run_dir(run)
     with FolderLock(folder):  # one writer per run folder, for the search's whole life
         run_folder.prepare_run_dir(folder)  # again, locked: no other search began here meanwhile
         return _search(spec, cfg, folder, progress, command, None, None)
+
+
+def _check_verify_budget(spec: PruneSpec, verify_top: int) -> None:
+    if verify_top and spec.budget != "latency":
+        raise AmcError("--verify-top times policies against a latency target: it needs a search "
+                       "under --budget latency")
 
 
 def resume_search(run: str | Path, progress: bool = True, verify_top: int | None = None) -> dict[str, Any]:
@@ -148,9 +153,7 @@ def _resume_locked(folder: Path, progress: bool, verify_top: int | None = None) 
     check = cfg
     if verify_top is not None:
         check = dataclasses.replace(cfg, verify_top=verify_top).validate()
-        if verify_top and spec.budget != "latency":
-            raise AmcError("--verify-top times policies against a latency target: it needs a run with "
-                           "--budget latency")
+        _check_verify_budget(spec, verify_top)
     if run_folder.stopped_in_setup(folder):
         sys.stderr.write(f"note: the search in {folder} was stopped during its set-up, before its first "
                          "episode; starting it again with the settings of its config.json\n")

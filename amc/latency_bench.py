@@ -87,16 +87,6 @@ def uniform_ladder(groups: Sequence[Any], channel_round: int = 1, lbound: float 
     return [(r, list(c)) for c, r in seen.items()]
 
 
-def nearest_measured(rows: Sequence[dict], label: str, prefix: str = "uniform-") -> dict | None:
-    """The row whose label starts with ``prefix`` and whose measured latency ratio is nearest
-    to that of the row labelled ``label``."""
-    target = next((r for r in rows if r["policy"] == label), None)
-    pool = [r for r in rows if r["policy"].startswith(prefix)]
-    if target is None or not pool:
-        return None
-    return min(pool, key=lambda r: abs(r["measured_ratio"] - target["measured_ratio"]))
-
-
 def nearest_uniform(pruner: Any, rows: Sequence[dict], runtime: str, batch: int, threads: int,
                     label: str = "policy", prefix: str = "uniform-", candidates: int = 3, repeats: int = 20,
                     warmup: int = 3, base: nn.Module | None = None) -> dict | None:

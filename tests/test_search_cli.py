@@ -590,12 +590,13 @@ def test_report_of_a_latency_run_uses_uniform_at_the_latency_budget_and_times_th
 
 
 def test_verify_top_needs_a_latency_budget(setup, tmp_path, capsys):
-    in_process_error(capsys, "--verify-top times policies against a latency target: it needs --budget latency",
+    in_process_error(capsys, "--verify-top times policies against a latency target: it needs a search under "
+                             "--budget latency",
                      *search_args(setup, tmp_path / "run", "--verify-top", "2", "--episodes", "2", "--warmup", "1"))
     assert not (tmp_path / "run").exists()
     assert main(search_args(setup, tmp_path / "flops", "--algo", "random", "--episodes", "2", "--quiet")) == 0
     capsys.readouterr()
-    in_process_error(capsys, "--verify-top times policies against a latency target: it needs a run with "
+    in_process_error(capsys, "--verify-top times policies against a latency target: it needs a search under "
                              "--budget latency", "search", "--resume", str(tmp_path / "flops"), "--verify-top", "2")
     in_process_error(capsys, "--verify-top must be >= 0, got -1",
                      "search", "--resume", str(tmp_path / "flops"), "--verify-top", "-1")
