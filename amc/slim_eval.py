@@ -103,13 +103,11 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], runtime: str | None 
             "dataset": dataset.info.name, "top1": top1, "flops": count_macs(fp32_slim, shape),
             "params": count_params(fp32_slim), "file_bytes": file_bytes,
         }
-        for b in batch_sizes:
-            res[f"latency_ms_b{b}"] = per_batch[b][name].median_ms
+        ms = {b: (per_batch[b][name].median_ms, per_batch[b]["base"].median_ms) for b in batch_sizes}
+        res.update({f"latency_ms_b{b}": slim_ms for b, (slim_ms, _) in ms.items()})
         res.update(base_info)
-        for b in batch_sizes:
-            res[f"base_latency_ms_b{b}"] = per_batch[b]["base"].median_ms
-        for b in batch_sizes:
-            res[f"speedup_b{b}"] = per_batch[b]["base"].median_ms / per_batch[b][name].median_ms
+        res.update({f"base_latency_ms_b{b}": base_ms for b, (_, base_ms) in ms.items()})
+        res.update({f"speedup_b{b}": base_ms / slim_ms for b, (slim_ms, base_ms) in ms.items()})
         res.update({"flops_ratio": res["flops"] / res["base_flops"], "params_ratio": res["params"] / res["base_params"],
                     **run_info,
                     "latency_iqr_ms": {f"{n}_b{b}": per_batch[b][key].iqr_ms
