@@ -130,8 +130,11 @@ class PruningState:
             # the same comparison as the guarantee, or a target equal to the floor passes here
             # and ends the episode a rounding error over target * full
             if self.resource(self.min_counts) > self.budget:
+                tied = self.resource.graph.residual_sets_left_alone
+                hint = (f"; coupled 'shared' also prunes the {tied} channel sets tied to residual adds, which "
+                        "'skip' leaves whole" if tied else "")
                 raise AmcError(f"budget {self.target:.3f} is unreachable: with every prunable layer at the lower "
-                               f"bound {self.lbound} the model keeps {lowest:.3f} of its {self.resource.kind}")
+                               f"bound {self.lbound} the model keeps {lowest:.3f} of its {self.resource.kind}{hint}")
         self.reset()
 
     def reset(self) -> None:

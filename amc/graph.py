@@ -119,6 +119,9 @@ class ChannelGroup:
         return "\n".join(lines)
 
 
+RESIDUAL_LEFT_ALONE = "tied to a residual add (left alone; use coupled='shared' to prune as one group)"
+
+
 @dataclass
 class LayerGraph:
     """All conv/linear layers in forward order, the prunable groups and a skip report."""
@@ -129,6 +132,11 @@ class LayerGraph:
     norms: dict[str, tuple[int, int | None]]  # affine BatchNorm name -> (features, group or None)
     input_shape: tuple[int, int, int]
     other_params: int  # parameters outside conv/linear/BN (never pruned)
+
+    @property
+    def residual_sets_left_alone(self) -> int:
+        """How many residual-tied channel sets ``coupled="skip"`` leaves whole."""
+        return sum(why == RESIDUAL_LEFT_ALONE for _, why in self.skipped)
 
     def report(self) -> str:
         lines = [f"{len(self.groups)} prunable groups, {len(self.skipped)} channel sets left alone"]
@@ -297,7 +305,7 @@ def _classify(model: nn.Module, input_shape: tuple[int, int, int], coupled: str,
             skipped.append((label, "no consumer conv/linear to read the channels"))
             continue
         if residual and coupled == "skip":
-            skipped.append((label, "tied to a residual add (left alone; use coupled='shared' to prune as one group)"))
+            skipped.append((label, RESIDUAL_LEFT_ALONE))
             continue
         order = lambda n: infos[n].order  # noqa: E731
         unit, shuffle, after = math.lcm(*units), 1, []

@@ -205,6 +205,15 @@ def test_unreachable_budget_is_refused() -> None:
         PruningState(resource, 0.01, 0.2, 1)
 
 
+def test_an_unreachable_budget_with_residual_sets_left_alone_says_shared_would_prune_them() -> None:
+    skip = build_layer_graph(build_model(ModelSpec("resnet20", 1, 10, 0.25)), INPUT, "skip")
+    assert skip.residual_sets_left_alone == 3 and GRAPHS["resnet20-shared"].residual_sets_left_alone == 0
+    with pytest.raises(AmcError, match=r"^budget 0\.010 is unreachable: with every prunable layer at the lower "
+                                       r"bound 0\.2 the model keeps 0\.\d{3} of its flops; coupled 'shared' also "
+                                       r"prunes the 3 channel sets tied to residual adds, which 'skip' leaves whole$"):
+        PruningState(ResourceModel(skip, "flops"), 0.01, 0.2, 1)
+
+
 @pytest.mark.parametrize("ratio", [math.nan, math.inf, -math.inf])
 def test_step_rejects_a_ratio_that_is_not_a_number(ratio: float) -> None:
     state = PruningState(RESOURCES["plain20-skip", "flops"], 0.5)
