@@ -297,6 +297,7 @@ def test_bench_search_reports_time_and_memory(setup, tmp_path, capsys):
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["episodes"] == 2 and out["layers"] == 3 and out["seconds_per_episode"] > 0
+    assert out["budget"] == "flops" and out["bn_recal"] == 0  # what was timed
     assert 50 < out["peak_rss_mib"] < 8000 and out["feature_cache_mib"] == pytest.approx(232.8 / 1024, abs=1e-2)
     # the cost of keeping it resumable: a capture before the first episode and after each, each
     # written (--save-every 1)

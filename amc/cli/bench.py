@@ -245,7 +245,8 @@ def run_search_bench(args: argparse.Namespace) -> int:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     out_res = {"model": spec.model, "dataset": spec.dataset, "algo": cfg.algo, "episodes": res["episodes"],
-               "layers": config.get("num_layers"), "envs": cfg.envs, "seconds_per_episode": res["seconds_per_episode"],
+               "layers": config.get("num_layers"), "envs": cfg.envs, "budget": spec.budget, "bn_recal": spec.bn_recal,
+               "seconds_per_episode": res["seconds_per_episode"],
                "episodes_per_second": round(res["episodes"] / res["seconds"], 4) if res["seconds"] else None,
                "search_s": res["seconds"], "wall_s": round(wall, 2),
                # the search process's own; with --envs N each worker holds its own copy of the problem
@@ -257,6 +258,7 @@ def run_search_bench(args: argparse.Namespace) -> int:
     emit(out_res, args.json,
          f"amc bench search: {spec.model} on {spec.dataset}, {cfg.algo}, {res['episodes']} episodes of "
          f"{out_res['layers']} steps, {out_res['threads']} threads"
+         + (f", --bn-recal {spec.bn_recal}" if spec.bn_recal else "")
          + (f" per worker, {cfg.envs} envs\n" if cfg.envs > 1 else "\n") +
          f"  {res['seconds_per_episode']:.3f} s per episode ({res['seconds']:.1f} s searching, "
          f"{wall:.1f} s with start-up and set-up)\n"
