@@ -18,6 +18,7 @@ and nothing changes.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from amc.errors import warn_once
 
 
 @dataclass
@@ -51,6 +54,56 @@ class Latency:
 MIN_SAMPLE_MS = 5.0
 
 
+#: set to 1 to skip :func:`warn_if_busy` (the test suite does: its workers keep each other busy)
+NO_LOAD_CHECK = "AMC_NO_LOAD_CHECK"
+_load_checked = False
+
+
+def _cpu_jiffies(cpus: set[int], stat: str = "/proc/stat") -> tuple[int, int]:
+    """(busy, total) jiffies of ``cpus`` since boot, from Linux's ``/proc/stat``."""
+    busy = total = 0
+    with open(stat) as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_cpus(window_s: float = 0.25, stat: str = "/proc/stat") -> tuple[float, int] | None:
+    """How many of this process's CPUs other work keeps busy, and how many it has: measured over
+    ``window_s`` while this process sleeps. None where ``/proc/stat`` cannot say (not Linux)."""
+    try:
+        cpus = os.sched_getaffinity(0)
+        b0, t0 = _cpu_jiffies(cpus, stat)
+        time.sleep(window_s)
+        b1, t1 = _cpu_jiffies(cpus, stat)
+    except (OSError, AttributeError, ValueError):
+        return None
+    if t1 <= t0:
+        return None
+    return (b1 - b0) / (t1 - t0) * len(cpus), len(cpus)
+
+
+def warn_if_busy(threads: int) -> None:
+    """Warn, once per process, when other work keeps more than half of the CPUs a timing leaves
+    free busy (at least half a CPU): a uniform ladder timed beside other jobs once picked the
+    wrong model (README, "Latency-constrained AMC"). ``AMC_NO_LOAD_CHECK=1`` skips the check."""
+    global _load_checked
+    if _load_checked or os.environ.get(NO_LOAD_CHECK) == "1":
+        return
+    _load_checked = True
+    seen = busy_cpus()
+    if seen is None:
+        return
+    busy, cpus = seen
+    if busy > max(0.5, 0.5 * (cpus - threads)):
+        warn_once(f"other processes keep {busy:.1f} of this machine's {cpus} CPUs busy: the timings that follow "
+                  f"will be noisy (time on a quiet machine)")
+
+
 def interleaved_samples(runners: Sequence[Callable[[], object]], repeats: int = 10, warmup: int = 2,
                         min_sample_ms: float = 0.0) -> list[list[float]]:
     """``repeats`` samples (ms per call) of each runner, taken in interleaved rounds.
@@ -62,6 +115,7 @@ def interleaved_samples(runners: Sequence[Callable[[], object]], repeats: int = 
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
+    warn_if_busy(torch.get_num_threads())
     counts = []
     for run in runners:
         if min_sample_ms <= 0:

@@ -663,3 +663,38 @@ def test_blocks_timed_under_the_run_overhead_leave_the_whole_model_to_the_remain
                              progress=False, repeats=2, warmup=1, min_sample_ms=0.2)
     assert lm.full == pytest.approx(lm.meta["measured_full_ms"]) and lm.full > 0
     assert lm.remainder_ms == lm.full and lm(lm.full_counts()) == lm([1] * len(graph.groups))  # no layer costs time
+
+
+def _stat(tmp_path, busy: list[int], idle: list[int], name: str) -> str:
+    """A /proc/stat with one line per CPU: user ticks ``busy[i]``, idle ticks ``idle[i]``."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"] + [f"cpu{i} {b} 0 0 {d} 0 0 0 0 0 0" for i, (b, d) in enumerate(zip(busy, idle))]
+    path = tmp_path / name
+    path.write_text("\n".join(lines + ["intr 1 2 3"]) + "\n")
+    return str(path)
+
+
+def test_busy_cpus_counts_only_this_process_cpus_and_the_warning_names_them(tmp_path, monkeypatch, capsys) -> None:
+    import amc.latency as lat
+
+    before, after = _stat(tmp_path, [0, 0, 0], [0, 0, 0], "a"), _stat(tmp_path, [75, 0, 100], [25, 100, 0], "b")
+    monkeypatch.setattr(lat.os, "sched_getaffinity", lambda pid: {0, 1})  # cpu2 (all busy) is not ours
+    reads = iter([before, after])
+    real = lat._cpu_jiffies
+    monkeypatch.setattr(lat, "_cpu_jiffies", lambda cpus, stat: real(cpus, next(reads)))
+    monkeypatch.setattr(lat.time, "sleep", lambda s: None)
+    assert lat.busy_cpus() == (pytest.approx(0.75), 2)  # 75 busy of 200 ticks, on 2 CPUs
+
+    monkeypatch.setattr(lat, "busy_cpus", lambda: (1.6, 2))
+    monkeypatch.setattr(lat, "_load_checked", False)
+    monkeypatch.setenv(lat.NO_LOAD_CHECK, "1")
+    lat.warn_if_busy(1)
+    assert capsys.readouterr().err == ""  # switched off
+    monkeypatch.delenv(lat.NO_LOAD_CHECK)
+    lat.warn_if_busy(1)
+    lat.warn_if_busy(1)  # once per process
+    assert capsys.readouterr().err == ("warning: other processes keep 1.6 of this machine's 2 CPUs busy: the "
+                                       "timings that follow will be noisy (time on a quiet machine)\n")
+    monkeypatch.setattr(lat, "_load_checked", False)
+    monkeypatch.setattr(lat, "busy_cpus", lambda: (0.4, 2))
+    lat.warn_if_busy(1)
+    assert capsys.readouterr().err == ""  # half a CPU or less is a quiet machine
