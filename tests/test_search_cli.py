@@ -297,6 +297,10 @@ def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup
     assert main(common + ["--jobs", "2", "--resume", "--out", str(tmp_path / "par")]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["mean"] == par["mean"]
+    # searches run with other settings are not reported under this benchmark's
+    in_process_error(capsys, f"{tmp_path / 'par' / 'random-seed0'} holds a search with other settings than this "
+                     "benchmark's (lbound 0.2 there, 0.3 here); give the settings it was run with, or another --out",
+                     *common, "--lbound", "0.3", "--resume", "--out", str(tmp_path / "par"))
     # recovered, per seed and as mean +- std, on the reward set and on the test set
     base, uniform = par["base"], par["uniform"]
     for r, u in zip(par["runs"]["random"], uniform):
