@@ -111,7 +111,7 @@ def option(default: Any = None, help: str = "", *, group: str = "", flags: tuple
            type: Callable[[str], Any] | None = None, choices: Iterable[str] | None = None,
            nargs: str | None = None, metavar: str | None = None, factory: Callable[[], Any] | None = None,
            lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
-           what: str | None = None) -> Any:
+           what: str | None = None, negatable: bool = False) -> Any:
     """A dataclass field that is also a command-line option.
 
     Args:
@@ -120,6 +120,8 @@ def option(default: Any = None, help: str = "", *, group: str = "", flags: tuple
         group: which commands show it (see :func:`add_options`).
         flags: the option strings (default: ``--field-name``; a bool that defaults to True
             gets ``--no-field-name``).
+        negatable: a bool gets both ``--field-name`` and ``--no-field-name``, whatever its
+            default (for a default that changed: scripts that name the old one keep working).
         lo, hi, lo_open, hi_open, what: bounds checked at parse time (see :class:`Bounds`),
             for a number the dataclass's ``validate()`` does not check itself (each value of a
             list option is checked).
@@ -127,7 +129,7 @@ def option(default: Any = None, help: str = "", *, group: str = "", flags: tuple
     bounds = Bounds(lo, hi, lo_open, hi_open, what) if (lo is not None or hi is not None or what) else None
     meta = {"help": help, "group": group, "flags": flags, "type": type,
             "choices": tuple(choices) if choices is not None else None, "nargs": nargs, "metavar": metavar,
-            "bounds": bounds}
+            "bounds": bounds, "negatable": negatable}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -156,7 +158,10 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
         flag = "--" + f.name.replace("_", "-")
         shown = "; off by default" if default is False else "" if default is True else f" (default {_show(default)})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
-        if isinstance(default, bool):
+        if isinstance(default, bool) and meta.get("negatable"):
+            flags, kwargs["action"] = (flag,), argparse.BooleanOptionalAction
+            kwargs["help"] = meta["help"] + ("; on by default" if default else "; off by default")
+        elif isinstance(default, bool):
             flags = meta["flags"] or (("--no-" + f.name.replace("_", "-"),) if default else (flag,))
             kwargs["action"] = "store_false" if default else "store_true"
         else:
@@ -236,4 +241,6 @@ def flag_of(cls: type, name: str) -> str:
     if f.metadata.get("flags"):
         return f.metadata["flags"][0]
     default = _default_of(f)
+    if f.metadata.get("negatable"):
+        return "--" + name.replace("_", "-")
     return ("--no-" if default is True else "--") + name.replace("_", "-")

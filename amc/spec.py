@@ -26,6 +26,8 @@ RUNTIMES = ("torch", "ort")
 RECORDED = ("model", "dataset", "reward_set_size", "split_seed", "coupled", "criterion", "channel_round",
             "reconstruct", "calib_batches", "calib_batch_size", "points_per_image", "seed")
 """The settings every spec record has held since the first release."""
+BEFORE_RECORDED = {"fill_budget": False}
+"""What a record meant by a setting it predates, where that is not today's default."""
 
 
 @dataclass
@@ -85,8 +87,9 @@ class PruneSpec:
     latency_threads: int = option(1, "CPU threads of the latency target", group=LATENCY)
     cache_dir: str | None = option(None, "where latency tables are cached (else $AMC_CACHE_DIR, "
                                          "$XDG_CACHE_HOME/amc, ~/.cache/amc)", group=LATENCY)
-    fill_budget: bool = option(False, "add a lower action wall, so every episode ends at the budget (an extension; "
-                                      "the paper's wall only caps)", group=BUDGET)
+    fill_budget: bool = option(True, "a lower action wall too, so every episode ends at the budget (our extension, "
+                                     "chosen by the quality benchmark; --no-fill-budget: the paper's wall, which "
+                                     "only caps)", group=BUDGET, negatable=True)
 
     # ------------------------------------------------------------------ checks and records
 
@@ -132,8 +135,9 @@ class PruneSpec:
 
         Every record holds the settings that decide the pruned model (:data:`RECORDED`), and
         one that lacks any is refused: a default there would silently prune another model.
-        Settings added since (``fill_budget``, ``max_cache_mb``, ...) take their defaults when
-        an older record lacks them. ``d`` may hold other keys (a search's config holds the
+        Settings added since (``max_cache_mb``, ...) take their defaults when an older record
+        lacks them, except where the default changed since (:data:`BEFORE_RECORDED`: a record
+        without ``fill_budget`` had the paper's wall). ``d`` may hold other keys (a search's config holds the
         agent's settings beside the spec); the caller decides about those. A value of the
         wrong kind is refused, never half-read.
         """
@@ -144,7 +148,7 @@ class PruneSpec:
             raise AmcError(f"{source} lacks {', '.join(missing)}; was it written by {writer}?")
         mine = {f.name for f in dataclasses.fields(cls)}
         try:
-            spec = cls(**{k: v for k, v in d.items() if k in mine})
+            spec = cls(**{**BEFORE_RECORDED, **{k: v for k, v in d.items() if k in mine}})
         except TypeError as e:
             raise AmcError(f"{source}: {e}") from e
         for f in dataclasses.fields(cls):

@@ -57,7 +57,8 @@ class ChannelPruningEnv(gym.Env):
         lbound: the smallest preserve ratio (official: 0.2).
         channel_round: kept channels are rounded to a multiple of this.
         fill_budget: add a lower wall, so every episode ends within rounding of the target
-            (an extension, off by default: the paper has the upper wall only).
+            (our extension, on by default as in :class:`~amc.spec.PruneSpec`; the paper has the
+            upper wall only).
         reconstruct: refit each consumer layer by least squares (needs calibration in ``pruner``).
         device: where the slim model is evaluated.
         eval_batch_size: images per forward pass on the reward set (None: 256 on CPU, where
@@ -76,7 +77,7 @@ class ChannelPruningEnv(gym.Env):
     def __init__(self, pruner: ChannelPruner | None = None,
                  reward_set: ImageSet | tuple[torch.Tensor, torch.Tensor] | None = None, *,
                  reward: str = "acc", target: float | None = 0.5, budget: str = "flops", lbound: float = 0.2,
-                 channel_round: int = 1, fill_budget: bool = False, reconstruct: bool = True, device: str | torch.device = "cpu",
+                 channel_round: int = 1, fill_budget: bool = True, reconstruct: bool = True, device: str | torch.device = "cpu",
                  eval_batch_size: int | None = None, problem: Problem | None = None,
                  action_map: str = "linear", bn_batches: list[torch.Tensor] | None = None,
                  **spec_fields: Any) -> None:

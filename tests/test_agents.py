@@ -239,8 +239,9 @@ class Recorder(BaseCallback):
 
 def test_clip_action_map_is_the_official_one(env_parts):
     pruner, reward_set = env_parts
-    clip = ChannelPruningEnv(pruner, reward_set, target=1.0, lbound=0.2, action_map="clip")
-    linear = ChannelPruningEnv(pruner, reward_set, target=1.0, lbound=0.2)
+    # target 1.0 without the lower wall: no budget moves an action (with it, 1.0 keeps everything)
+    clip = ChannelPruningEnv(pruner, reward_set, target=1.0, lbound=0.2, fill_budget=False, action_map="clip")
+    linear = ChannelPruningEnv(pruner, reward_set, target=1.0, lbound=0.2, fill_budget=False)
     assert linear.action_map == "linear"
     # clip: the action is the ratio, and everything below lbound is raised to it
     ratios = [clip.preserve_ratio(a) for a in (0.0, 0.1, 0.2, 0.5, 0.7, 1.0)]
@@ -264,7 +265,7 @@ def test_clip_action_map_in_a_search(env_parts):
     """Warm-up actions uniform on [0, 1], as the official random_action: with the clip map
     about lbound of them land on lbound itself."""
     pruner, reward_set = env_parts
-    env = ChannelPruningEnv(pruner, reward_set, target=1.0, lbound=0.5, action_map="clip")
+    env = ChannelPruningEnv(pruner, reward_set, target=1.0, lbound=0.5, fill_budget=False, action_map="clip")
     rec = Recorder()
     build_agent(env, warmup=20).learn(20 * env.num_layers, callback=rec)
     at_lbound = np.mean([r <= 0.5 + 1e-6 for r in env.applied] + [a <= 0.5 + 1e-6 for a in rec.applied])

@@ -362,6 +362,26 @@ def test_python_api_search_then_compare_and_prune(setup, tmp_path):
     assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in spec.build().model.parameters())
 
 
+def test_fill_budget_is_on_by_default_both_flags_parse_and_old_records_keep_the_papers_wall(capsys):
+    """The lower wall became the default; a record written before it existed had the paper's wall."""
+    from amc.cli import build_parser
+    from amc.cli.common import spec_from
+    from amc.spec import PruneSpec
+
+    def spec(*flags: str) -> PruneSpec:
+        return spec_from(build_parser().parse_args(["search", "--run", "r", *flags]))
+
+    assert (spec().fill_budget, spec("--fill-budget").fill_budget, spec("--no-fill-budget").fill_budget) == \
+        (True, True, False)
+    record = PruneSpec().to_dict()
+    assert PruneSpec.from_dict(record).fill_budget is True
+    del record["fill_budget"]
+    assert PruneSpec.from_dict(record).fill_budget is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["search", "--help"])
+    assert "--fill-budget, --no-fill-budget" in capsys.readouterr().out
+
+
 def test_departure_options_and_sigma_schedule_reach_the_search(setup, tmp_path, capsys):
     """Every option for the official code's choices runs end to end and is recorded."""
     run = tmp_path / "run"
