@@ -74,17 +74,19 @@ def _cpu_jiffies(cpus: set[int], stat: str = "/proc/stat") -> tuple[int, int]:
 
 def busy_cpus(window_s: float = 0.25, stat: str = "/proc/stat") -> tuple[float, int] | None:
     """How many of this process's CPUs other work keeps busy, and how many it has: measured over
-    ``window_s`` while this process sleeps. None where ``/proc/stat`` cannot say (not Linux)."""
+    ``window_s`` while this process sleeps (what its own threads still spend, e.g. OpenMP
+    workers spinning down, is taken off). None where ``/proc/stat`` cannot say (not Linux)."""
     try:
-        cpus = os.sched_getaffinity(0)
-        b0, t0 = _cpu_jiffies(cpus, stat)
+        cpus, tick = os.sched_getaffinity(0), os.sysconf("SC_CLK_TCK")
+        own0, (b0, t0) = time.process_time(), _cpu_jiffies(cpus, stat)
         time.sleep(window_s)
-        b1, t1 = _cpu_jiffies(cpus, stat)
+        own1, (b1, t1) = time.process_time(), _cpu_jiffies(cpus, stat)
     except (OSError, AttributeError, ValueError):
         return None
     if t1 <= t0:
         return None
-    return (b1 - b0) / (t1 - t0) * len(cpus), len(cpus)
+    others = max(0.0, (b1 - b0) - (own1 - own0) * tick)
+    return others / (t1 - t0) * len(cpus), len(cpus)
 
 
 def warn_if_busy(threads: int) -> None:

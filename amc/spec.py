@@ -137,9 +137,9 @@ class PruneSpec:
         one that lacks any is refused: a default there would silently prune another model.
         Settings added since (``max_cache_mb``, ...) take their defaults when an older record
         lacks them, except where the default changed since (:data:`BEFORE_RECORDED`: a record
-        without ``fill_budget`` had the paper's wall). ``d`` may hold other keys (a search's config holds the
-        agent's settings beside the spec); the caller decides about those. A value of the
-        wrong kind is refused, never half-read.
+        without ``fill_budget`` had the paper's wall). ``d`` may hold other keys (a search's
+        config holds the agent's settings beside the spec); the caller decides about those. A
+        value of the wrong kind is refused, never half-read.
         """
         if not isinstance(d, dict):
             raise AmcError(f"{source} lacks the pruning settings (a JSON object)")

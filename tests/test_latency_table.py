@@ -682,7 +682,9 @@ def test_busy_cpus_counts_only_this_process_cpus_and_the_warning_names_them(tmp_
     real = lat._cpu_jiffies
     monkeypatch.setattr(lat, "_cpu_jiffies", lambda cpus, stat: real(cpus, next(reads)))
     monkeypatch.setattr(lat.time, "sleep", lambda s: None)
-    assert lat.busy_cpus() == (pytest.approx(0.75), 2)  # 75 busy of 200 ticks, on 2 CPUs
+    monkeypatch.setattr(lat.time, "process_time", iter([0.0, 0.1]).__next__)  # our own threads' 0.1 s
+    own = 0.1 * lat.os.sysconf("SC_CLK_TCK")
+    assert lat.busy_cpus() == (pytest.approx((75 - own) / 200 * 2), 2)  # 75 busy of 200 ticks, less ours, on 2 CPUs
 
     monkeypatch.setattr(lat, "busy_cpus", lambda: (1.6, 2))
     monkeypatch.setattr(lat, "_load_checked", False)
