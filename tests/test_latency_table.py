@@ -667,7 +667,8 @@ def test_blocks_timed_under_the_run_overhead_leave_the_whole_model_to_the_remain
 
 def _stat(tmp_path, busy: list[int], idle: list[int], name: str) -> str:
     """A /proc/stat with one line per CPU: user ticks ``busy[i]``, idle ticks ``idle[i]``."""
-    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"] + [f"cpu{i} {b} 0 0 {d} 0 0 0 0 0 0" for i, (b, d) in enumerate(zip(busy, idle))]
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{i} {b} 0 0 {d} 0 0 0 0 0 0" for i, (b, d) in enumerate(zip(busy, idle))]
     path = tmp_path / name
     path.write_text("\n".join(lines + ["intr 1 2 3"]) + "\n")
     return str(path)
