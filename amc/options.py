@@ -156,11 +156,11 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             continue
         default = (defaults or {}).get(f.name, _default_of(f))
         flag = "--" + f.name.replace("_", "-")
-        shown = "; off by default" if default is False else "" if default is True else f" (default {_show(default)})"
+        on = "; on by default" if meta.get("negatable") else ""  # a --no-X flag says it by itself
+        shown = "; off by default" if default is False else on if default is True else f" (default {_show(default)})"
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta["help"] + shown}
         if isinstance(default, bool) and meta.get("negatable"):
             flags, kwargs["action"] = (flag,), argparse.BooleanOptionalAction
-            kwargs["help"] = meta["help"] + ("; on by default" if default else "; off by default")
         elif isinstance(default, bool):
             flags = meta["flags"] or (("--no-" + f.name.replace("_", "-"),) if default else (flag,))
             kwargs["action"] = "store_false" if default else "store_true"
