@@ -301,6 +301,18 @@ def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup
     in_process_error(capsys, f"{tmp_path / 'par' / 'random-seed0'} holds a search with other settings than this "
                      "benchmark's (lbound 0.2 there, 0.3 here); give the settings it was run with, or another --out",
                      *common, "--lbound", "0.3", "--resume", "--out", str(tmp_path / "par"))
+    # ... but a random search run by `amc search --algo random`, which records a warm-up, is
+    monkeypatch.undo()  # a new folder: its uniform is evaluated
+    search = ["search", *common[2:common.index("--seeds")], "--episodes", "3", "--threads", "1", "--fill-budget",
+              "--algo", "random", "--seed", "0"]
+    assert main(search + ["--run", str(tmp_path / "own" / "random-seed0")]) == 0
+    assert json.loads((tmp_path / "own" / "random-seed0" / "config.json").read_text())["config"]["warmup"] == 100
+    capsys.readouterr()
+    assert main(common[:common.index("--seeds")] + ["--seeds", "0", "--algos", "random", "--episodes", "3",
+                                                   "--threads", "1", "--fill-budget", "--json", "--resume",
+                                                   "--out", str(tmp_path / "own")]) == 0
+    own = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert own["runs"]["random"][0]["reward_top1"] == par["runs"]["random"][0]["reward_top1"]
     # recovered, per seed and as mean +- std, on the reward set and on the test set
     base, uniform = par["base"], par["uniform"]
     for r, u in zip(par["runs"]["random"], uniform):
