@@ -154,16 +154,15 @@ def check_same_search(spec, cfg, run: Path) -> None:
     if not (run / "config.json").is_file():
         return
     rec_spec, rec_cfg, _ = read_run_config(run)
-    # every episode of random search is random, so its warm-up count means nothing; the
-    # benchmark records 0, `amc search --algo random` the command's default
-    free = _NOT_THE_SEARCH + (("warmup",) if cfg.algo == rec_cfg.algo == "random" else ())
+    # read as the benchmark would have run it (`amc search --algo random` records a warm-up)
+    rec_cfg = algo_config(rec_cfg, rec_cfg.algo)
     differ = []
     for ours, theirs in ((spec, rec_spec), (cfg, rec_cfg)):
         for f in dataclasses.fields(ours):
             mine, recorded = getattr(ours, f.name), getattr(theirs, f.name)
             if f.name in ("weights", "data_dir"):
                 mine, recorded = absolute(mine), absolute(recorded)
-            if f.name not in free and mine != recorded:
+            if f.name not in _NOT_THE_SEARCH and mine != recorded:
                 differ.append(f"{f.name} {recorded!r} there, {mine!r} here")
     if differ:
         raise AmcError(f"{run} holds a search with other settings than this benchmark's ({'; '.join(differ)}); "
