@@ -14,7 +14,8 @@ It needs the project's virtual environment (torch, numpy) and nothing of the off
 requirements: AMC_OFFICIAL_DIR (default runs/official/amc-official) is put on sys.path, and
 only shims go around it: CPU instead of .cuda(), numpy lstsq for sklearn's LinearRegression
 (fit_intercept=False: the same least-squares solution), rejection sampling for scipy's
-truncnorm, torch's SummaryWriter for tensorboardX, np.float, a scalar action for today's
+truncnorm, torch's SummaryWriter for tensorboardX, a terminal width for its progress printer
+(it runs `stty size` at import), np.float, a scalar action for today's
 numpy, a top-k accuracy with reshape for today's torch, its feature-recording hooks taken off
 once the features are recorded, channels-last, and our data splits in place of its
 get_split_dataset (reward set = our 5,000-image reward set; calibration = 60 batches of 50
