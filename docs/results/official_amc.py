@@ -106,10 +106,6 @@ from amc.data import load_splits  # noqa: E402
 from amc.models import ModelSpec, build_model  # noqa: E402
 
 
-def batches(x, y, bs):
-    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(y), bs)]
-
-
 def to_policy(result_path, base, out):
     """The official search's best strategy as our policy file (so `amc prune --policy` can build it):
     its entry i is the kept share of the input channels of its i-th prunable layer (the 13
@@ -189,16 +185,14 @@ def main():
     model.to(memory_format=torch.channels_last)  # the layout CPU convs run fastest in; same numbers
     checkpoint = deepcopy(model.state_dict())
 
-    xr, yr = splits.reward.tensors()
-    xt, yt = splits.test.tensors()
     # calibration: the official train loader is shuffle=False over a SubsetRandomSampler, i.e. random images
     g = np.random.RandomState(args.seed)
     idx = torch.from_numpy(g.permutation(len(splits.train))[: args.n_calibration_batches * args.data_bsize])
-    xc = splits.train.normalize(splits.train.images[idx]); yc = splits.train.labels[idx]
+    calibration = splits.train.subset(idx)
 
     def init_data(self):
-        self.train_loader = batches(xc, yc, args.data_bsize)
-        self.val_loader = batches(xr, yr, 500)
+        self.train_loader = list(calibration.batches(args.data_bsize))
+        self.val_loader = list(splits.reward.batches(500))
 
     ChannelPruningEnv._init_data = init_data
     env = ChannelPruningEnv(model, checkpoint, args.dataset, preserve_ratio=args.preserve_ratio,
@@ -220,7 +214,7 @@ def main():
     amc_search.train(args.train_episode, agent, env, cli.out)
     search_s = time.time() - t0
 
-    test_loader = batches(xt, yt, 500)
+    test_loader = list(splits.test.batches(500))
 
     def replay(actions):
         env.reset()
