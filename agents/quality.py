@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from amc.checkpoint import atomic_write_json
+from amc.errors import AmcError
 
 
 class Evaluations:
@@ -72,6 +73,36 @@ def algo_config(cfg: Any, algo: str, **changes: Any) -> Any:
     out = dataclasses.replace(cfg, algo=algo, warmup=cfg.warmup if algo != "random" else 0, **changes)
     out.validate()  # every bad setting is refused before the first search starts
     return out
+
+
+#: settings that do not change what a search finds (where and how fast it ran, what it saves)
+_NOT_THE_SEARCH = ("device", "threads", "eval_batch_size", "save_every", "verify_top")
+
+
+def check_same_search(spec: Any, cfg: Any, run: Path) -> None:
+    """Refuse to report a search that a resumed benchmark or sweep would reuse but did not ask
+    for: one run with other settings (say the paper's wall, where the command says
+    ``--fill-budget``) would be labelled with the command's."""
+    import dataclasses
+
+    from agents.run_folder import read_run_config
+
+    if not (run / "config.json").is_file():
+        return
+    rec_spec, rec_cfg, _ = read_run_config(run)
+    # read as the benchmark would have run it (`amc search --algo random` records a warm-up)
+    rec_cfg = algo_config(rec_cfg, rec_cfg.algo)
+    differ = []
+    for ours, theirs in ((spec, rec_spec), (cfg, rec_cfg)):
+        for f in dataclasses.fields(ours):
+            mine, recorded = getattr(ours, f.name), getattr(theirs, f.name)
+            if f.name in ("weights", "data_dir"):
+                mine, recorded = (str(Path(p).resolve()) if p else None for p in (mine, recorded))
+            if f.name not in _NOT_THE_SEARCH and mine != recorded:
+                differ.append(f"{f.name} {recorded!r} there, {mine!r} here")
+    if differ:
+        raise AmcError(f"{run} holds a search with other settings than this command's ({'; '.join(differ)}); "
+                       "give the settings it was run with, or another --out")
 
 
 def summarize(spec: Any, cfg: Any, seeds: Sequence[int], algos: Sequence[str],

@@ -299,7 +299,7 @@ def test_bench_quality_in_parallel_equals_serial_and_resumes_finished_runs(setup
     assert again["mean"] == par["mean"]
     # searches run with other settings are not reported under this benchmark's
     in_process_error(capsys, f"{tmp_path / 'par' / 'random-seed0'} holds a search with other settings than this "
-                     "benchmark's (lbound 0.2 there, 0.3 here); give the settings it was run with, or another --out",
+                     "command's (lbound 0.2 there, 0.3 here); give the settings it was run with, or another --out",
                      *common, "--lbound", "0.3", "--resume", "--out", str(tmp_path / "par"))
     # ... but a random search run by `amc search --algo random`, which records a warm-up, is
     monkeypatch.undo()  # a new folder: its uniform is evaluated

@@ -56,6 +56,13 @@ def test_two_trials_on_a_local_ray_then_resume_only_reports(setup, tmp_path, cap
     assert again["groups"][0]["mean"] == group["mean"]
     assert len((folder / "ddpg-seed0" / "episodes.jsonl").read_text().splitlines()) == 3
 
+    # --resume with other settings: refused before any trial runs, nothing rewritten
+    before = (folder / "summary.json").read_text()
+    in_process_error(capsys, f"{folder / 'random-seed0'} holds a search with other settings than this command's "
+                     "(lbound 0.2 there, 0.3 here); give the settings it was run with, or another --out",
+                     *_sweep_args(setup, out, "--lbound", "0.3", "--resume"))
+    assert (folder / "summary.json").read_text() == before
+
 
 def test_without_ray_it_says_how_to_install_it(setup, tmp_path, capsys, monkeypatch):  # noqa: F811
     import importlib.util

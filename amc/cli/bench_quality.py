@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from agents.config import AGENT, SEARCH, SearchConfig
-from agents.quality import algo_config, summarize, summary_table
+from agents.quality import algo_config, check_same_search, summarize, summary_table
 from amc.cli.common import (absolute, add_common, add_spec, emit, fresh_out_dir, out_or_resume, setup_threads,
                             spec_from)
 from amc.errors import AmcError
@@ -137,36 +137,6 @@ def _check_summary(out: Path) -> None:
             json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             sys.stderr.write(f"warning: {path} is torn ({getattr(e, 'msg', e)}); it is written again at the end\n")
-
-
-#: settings that do not change what a search finds (where and how fast it ran, what it saves)
-_NOT_THE_SEARCH = ("device", "threads", "eval_batch_size", "save_every", "verify_top")
-
-
-def check_same_search(spec, cfg, run: Path) -> None:
-    """Refuse to report a search that a resumed benchmark would reuse but did not ask for: one
-    run with other settings (say the paper's wall, where the benchmark says ``--fill-budget``)
-    would be labelled with the benchmark's."""
-    import dataclasses
-
-    from agents.run_folder import read_run_config
-
-    if not (run / "config.json").is_file():
-        return
-    rec_spec, rec_cfg, _ = read_run_config(run)
-    # read as the benchmark would have run it (`amc search --algo random` records a warm-up)
-    rec_cfg = algo_config(rec_cfg, rec_cfg.algo)
-    differ = []
-    for ours, theirs in ((spec, rec_spec), (cfg, rec_cfg)):
-        for f in dataclasses.fields(ours):
-            mine, recorded = getattr(ours, f.name), getattr(theirs, f.name)
-            if f.name in ("weights", "data_dir"):
-                mine, recorded = absolute(mine), absolute(recorded)
-            if f.name not in _NOT_THE_SEARCH and mine != recorded:
-                differ.append(f"{f.name} {recorded!r} there, {mine!r} here")
-    if differ:
-        raise AmcError(f"{run} holds a search with other settings than this benchmark's ({'; '.join(differ)}); "
-                       "give the settings it was run with, or another --out")
 
 
 class _Terminated(KeyboardInterrupt):

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-trial", type=bounded(float, "--gpus-per-trial", 0), default=0,
                    help="GPUs each search reserves; 0.25 puts four on one GPU (default 0; with --device cuda)")
     p.add_argument("--resume", action="store_true", help="continue in an existing --out: finished trials are "
-                                                         "only reported, stopped ones resumed")
+                                                         "only reported, stopped ones resumed; a trial folder "
+                                                         "searched with other settings is refused")
     p.add_argument("--out", required=True, help="folder for the trials and the summaries")
     p.set_defaults(func=run)
 
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
 
     from agents.config import SearchConfig
+    from agents.quality import check_same_search
     from agents.sweep import INSTALL_HINT, plan, run_trials, summarize_groups
     from amc.checkpoint import atomic_write_json
     from amc.runlock import FolderLock
@@ -65,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     with FolderLock(out):  # one sweep per folder (each search also locks its own run folder)
         if not args.resume:
             fresh_out_dir(args.out)  # again, locked: no other sweep began here meanwhile
+        else:  # a trial folder searched with other settings would be summarised under these
+            for t in trials:
+                check_same_search(t.spec, t.cfg, Path(t.run_dir))
         t0 = time.perf_counter()
         results = run_trials(trials, args.address, args.cpus, args.cpus_per_trial, args.gpus_per_trial,
                              log=(lambda m: None) if args.json else _log)
