@@ -9,6 +9,7 @@ of uniform's loss won back) is given on both, per seed and as mean +- std over s
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -68,8 +69,6 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def algo_config(cfg: Any, algo: str, **changes: Any) -> Any:
     """``cfg`` for one algorithm of a study, checked: random search has no warm-up to spend."""
-    import dataclasses
-
     out = dataclasses.replace(cfg, algo=algo, warmup=cfg.warmup if algo != "random" else 0, **changes)
     out.validate()  # every bad setting is refused before the first search starts
     return out
@@ -83,8 +82,6 @@ def check_same_search(spec: Any, cfg: Any, run: Path) -> None:
     """Refuse to report a search that a resumed benchmark or sweep would reuse but did not ask
     for: one run with other settings (say the paper's wall, where the command says
     ``--fill-budget``) would be labelled with the command's."""
-    import dataclasses
-
     from agents.run_folder import read_run_config
 
     if not (run / "config.json").is_file():
