@@ -4,10 +4,14 @@
 in one run (ratios from separate runs differ by more than the models do on a noisy machine)
 and draws each checkpoint's test top-1 against its speedup, one panel per batch size, with
 the base at 1x. Points up and to the right are better; a checkpoint beaten on both axes by
-another is greyed, so the frontier stands out.
+another is greyed, so the frontier stands out. Several fine-tunes of one architecture (the same
+MACs and parameters) are drawn as one point, their mean, with bars from the lowest to the
+highest of each, and one label: fourteen labels on six architectures could not be read.
 """
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +22,24 @@ def dominated(points: Sequence[tuple[float, float]]) -> list[bool]:
     """For each (speedup, top-1) point: is another at least as good on both axes and better on one?"""
     return [any(sx >= x and sy >= y and (sx > x or sy > y) for j, (sx, sy) in enumerate(points) if j != i)
             for i, (x, y) in enumerate(points)]
+
+
+def group_by_architecture(results: Sequence[dict]) -> list[list[dict]]:
+    """The results in groups of one architecture (equal ``flops`` and ``params``), in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault((r.get("flops"), r.get("params")), []).append(r)
+    return list(groups.values())
+
+
+def group_label(group: Sequence[dict]) -> str:
+    """One checkpoint's folder name; for several, their common prefix less a trailing run index, and the count."""
+    names = [Path(r["checkpoint"]).name for r in group]
+    if len(names) == 1:
+        return names[0]
+    # "latency-0.6-ft0" ... "latency-0.6-ft5" share "latency-0.6-ft": drop the index's own prefix
+    stem = re.sub(r"[-_.]*(ft|fs|seed|s|run|r)?$", "", os.path.commonprefix(names)) or names[0]
+    return f"{stem} (x{len(names)})"
 
 
 def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> None:
@@ -36,10 +58,17 @@ def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> 
     base_top1 = results[0].get("base_top1")
     for k, b in enumerate(batches):
         ax = fig.add_subplot(1, len(batches), k + 1)
-        pts = [(float(r[f"speedup_b{b}"]), float(r["top1"])) for r in results]
-        for (x, y), r, grey in zip(pts, results, dominated(pts)):
-            ax.scatter([x], [y], s=36, zorder=3, color="0.65" if grey else None)
-            ax.annotate(Path(r["checkpoint"]).name, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points",
+        groups = group_by_architecture(results)
+        xs = [[float(r[f"speedup_b{b}"]) for r in g] for g in groups]
+        ys = [[float(r["top1"]) for r in g] for g in groups]
+        pts = [(sum(x) / len(x), sum(y) / len(y)) for x, y in zip(xs, ys)]
+        for i, ((x, y), gx, gy, g, grey) in enumerate(zip(pts, xs, ys, groups, dominated(pts))):
+            color = "0.65" if grey else f"C{i % 10}"  # one colour per architecture in every panel
+            if len(g) > 1:
+                ax.errorbar([x], [y], xerr=[[x - min(gx)], [max(gx) - x]], yerr=[[y - min(gy)], [max(gy) - y]],
+                            fmt="none", ecolor=color, elinewidth=0.8, capsize=2, zorder=2)
+            ax.scatter([x], [y], s=36, zorder=3, color=color)
+            ax.annotate(group_label(g), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points",
                         color="0.45" if grey else "black")
         if base_top1 is not None:
             ax.scatter([1.0], [base_top1], marker="*", s=90, color="black", zorder=3)

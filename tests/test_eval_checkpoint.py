@@ -251,3 +251,22 @@ def test_the_python_api_behind_the_command(tiny_data_dir: Path, pruned: Path) ->
     assert rows[0]["top1"] == meta["test_top1"] and rows[0]["batch_sizes"] == [1] and rows[0]["speedup_b1"] > 0
     with pytest.raises(AmcError, match="no checkpoint given"):
         evaluate_checkpoints([])
+
+
+def test_fine_tunes_of_one_architecture_are_one_point_with_one_label(tmp_path: Path) -> None:
+    from amc.frontier import frontier_png, group_by_architecture, group_label
+
+    def row(name: str, flops: int, top1: float, speedup: float) -> dict:
+        return {"checkpoint": f"runs/x/{name}", "flops": flops, "params": flops // 10, "top1": top1,
+                "speedup_b64": speedup, "batch_sizes": [64], "base_top1": 93.1, "model": "plain20"}
+
+    rows = [row("latency-0.6-ft0", 400, 93.0, 1.60), row("uniform-0.61-ft0", 390, 93.1, 1.62),
+            row("latency-0.6-ft1", 400, 93.2, 1.66), row("flops-0.5", 500, 93.0, 1.45)]
+    groups = group_by_architecture(rows)
+    assert [[r["checkpoint"].split("/")[-1] for r in g] for g in groups] == [
+        ["latency-0.6-ft0", "latency-0.6-ft1"], ["uniform-0.61-ft0"], ["flops-0.5"]]
+    assert [group_label(g) for g in groups] == ["latency-0.6 (x2)", "uniform-0.61-ft0", "flops-0.5"]
+    assert group_label([row("a1", 1, 0, 1), row("b1", 1, 0, 1)]) == "a1 (x2)"  # no common prefix: the first name
+    png = tmp_path / "f.png"
+    frontier_png(rows, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
