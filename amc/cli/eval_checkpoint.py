@@ -30,7 +30,8 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
                         "an amc quantize folder, whose int8 model runs in onnxruntime)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="with --checkpoint: also draw each checkpoint's test top-1 against its speedup, one panel "
-                        "per batch size, the base at 1x (default none)")
+                        "per batch size, the base at 1x; fine-tunes of one architecture as one point with bars over "
+                        "their range (default none)")
     p.add_argument("--batch-sizes", type=bounded(int, "--batch-sizes", 1), nargs="+", default=list(BATCH_SIZES),
                    help="with --checkpoint: batch sizes timed (default 1 64)")
 
