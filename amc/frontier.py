@@ -37,8 +37,8 @@ def group_label(group: Sequence[dict]) -> str:
     names = [Path(r["checkpoint"]).name for r in group]
     if len(names) == 1:
         return names[0]
-    # "latency-0.6-ft0" ... "latency-0.6-ft5" share "latency-0.6-ft": drop the index's own prefix
-    stem = re.sub(r"[-_.]*(ft|fs|seed|s|run|r)?$", "", os.path.commonprefix(names)) or names[0]
+    # "latency-0.6-ft0" ... "latency-0.6-ft5" share "latency-0.6-ft": drop the run index's own word
+    stem = re.sub(r"[-_.]+[A-Za-z]*$", "", os.path.commonprefix(names)) or names[0]
     return f"{stem} (x{len(names)})"
 
 
@@ -56,9 +56,9 @@ def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> 
     fig = Figure(figsize=(5.2 * len(batches), 4.4), dpi=110)
     FigureCanvasAgg(fig)
     base_top1 = results[0].get("base_top1")
+    groups = group_by_architecture(results)
     for k, b in enumerate(batches):
         ax = fig.add_subplot(1, len(batches), k + 1)
-        groups = group_by_architecture(results)
         xs = [[float(r[f"speedup_b{b}"]) for r in g] for g in groups]
         ys = [[float(r["top1"]) for r in g] for g in groups]
         pts = [(sum(x) / len(x), sum(y) / len(y)) for x, y in zip(xs, ys)]
