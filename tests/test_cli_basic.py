@@ -165,3 +165,23 @@ def test_unknown_flag_is_one_error_line(run_amc, cli_error) -> None:
 def test_missing_required_option(run_amc, cli_error) -> None:
     cli_error(run_amc("train", "--model", "plain20"),
               "the following arguments are required: --out (see: amc train --help)")
+
+
+def test_every_help_text_renders_without_formatting_leftovers() -> None:
+    """argparse %-formats help strings but not descriptions: a '%%' there is printed as typed."""
+    import argparse
+
+    from amc.cli import build_parser
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    yield from parsers(sp)
+
+    seen = list(parsers(build_parser()))
+    assert len(seen) > 15 and any(p.prog == "amc bench compare" for p in seen)
+    for p in seen:
+        text = p.format_help()
+        assert "%%" not in text and "%(" not in text, p.prog

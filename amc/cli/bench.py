@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pp = bsub.add_parser("prune", help="episode cost vs. one evaluation of the unpruned model",
                          description="(a) time to evaluate the unpruned model on the reward set; (b) median time of "
                                      "one 'apply random policy at the target + reconstruct + evaluate'; the ratio "
-                                     "b/a (target <= 0.8 at 50%% FLOPs). Also reward-set top-1 of the uniform "
+                                     "b/a (target <= 0.8 at 50% FLOPs). Also reward-set top-1 of the uniform "
                                      "policy with and without reconstruction. --target is the FLOPs ratio of the "
                                      "random policies; --seed seeds them and the calibration.")
     add_spec(pp, MODEL, DATA, PRUNER, BUDGET)
@@ -86,12 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--out", required=True, help="folder for coverage.json and coverage.md")
     add_common(pc)
     pc.set_defaults(func=run_coverage)
-    from amc.cli import bench_correlation, bench_curves, bench_quality, bench_selection
+    from amc.cli import bench_compare, bench_correlation, bench_curves, bench_quality, bench_selection
 
     bench_quality.register(bsub)
     bench_correlation.register(bsub)
     bench_curves.register(bsub)
     bench_selection.register(bsub)
+    bench_compare.register(bsub)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
