@@ -5,7 +5,7 @@ in one run (ratios from separate runs differ by more than the models do on a noi
 and draws each checkpoint's test top-1 against its speedup, one panel per batch size, with
 the base at 1x. Points up and to the right are better; a checkpoint beaten on both axes by
 another is greyed, so the frontier stands out. Several fine-tunes of one architecture (the same
-MACs and parameters) are drawn as one point, their mean, with bars from the lowest to the
+channels kept in every layer) are drawn as one point, their mean, with bars from the lowest to the
 highest of each, and one label: fourteen labels on six architectures could not be read.
 """
 from __future__ import annotations
@@ -25,10 +25,15 @@ def dominated(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 
 def group_by_architecture(results: Sequence[dict]) -> list[list[dict]]:
-    """The results in groups of one architecture (equal ``flops`` and ``params``), in first-seen order."""
+    """The results in groups of one architecture, in first-seen order.
+
+    One architecture: the same kind of checkpoint (an int8 model runs at another speed than its
+    fp32 source), the same channels kept in every layer, and so the same MACs and params.
+    """
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r.get("flops"), r.get("params")), []).append(r)
+        key = (r.get("kind"), tuple(r.get("kept") or ()), r.get("flops"), r.get("params"))
+        groups.setdefault(key, []).append(r)
     return list(groups.values())
 
 

@@ -102,6 +102,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], runtime: str | None 
             "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
             "dataset": dataset.info.name, "top1": top1, "flops": count_macs(fp32_slim, shape),
             "params": count_params(fp32_slim), "file_bytes": file_bytes,
+            "kept": [c.get("kept") for c in meta.get("channels") or []],
         }
         ms = {b: (per_batch[b][name].median_ms, per_batch[b]["base"].median_ms) for b in batch_sizes}
         res.update({f"latency_ms_b{b}": slim_ms for b, (slim_ms, _) in ms.items()})

@@ -267,6 +267,11 @@ def test_fine_tunes_of_one_architecture_are_one_point_with_one_label(tmp_path: P
         ["latency-0.6-ft0", "latency-0.6-ft1"], ["uniform-0.61-ft0"], ["flops-0.5"]]
     assert [group_label(g) for g in groups] == ["latency-0.6 (x2)", "uniform-0.61-ft0", "flops-0.5"]
     assert group_label([row("a1", 1, 0, 1), row("b1", 1, 0, 1)]) == "a1 (x2)"  # no common prefix: the first name
+    # equal MACs and params are not one architecture if the kept channels differ, or if one is int8
+    twins = [{**row("p-a", 400, 93.0, 1.6), "kept": [8, 16]}, {**row("p-b", 400, 93.0, 1.6), "kept": [16, 8]},
+             {**row("p-a-ft1", 400, 93.1, 1.6), "kept": [8, 16]},
+             {**row("p-a-int8", 400, 93.0, 2.4), "kept": [8, 16], "kind": "quantized"}]
+    assert [len(g) for g in group_by_architecture(twins)] == [2, 1, 1]
     png = tmp_path / "f.png"
     frontier_png(rows, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
