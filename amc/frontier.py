@@ -47,6 +47,30 @@ def group_label(group: Sequence[dict]) -> str:
     return f"{stem} (x{len(names)})"
 
 
+def label_placements(points: Sequence[tuple[float, float]], widths: Sequence[int]) -> list[tuple[int, int, str]]:
+    """Where each point's label goes: ``(dx, dy, ha)``, an offset in points and an alignment.
+
+    Labels near the right edge grow leftwards, so they stay inside the panel; a label that would
+    sit on one already placed (close in height and overlapping sideways, in the panel's own
+    fractions) goes under its point instead. ``widths`` are the labels' lengths in characters.
+    """
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    span = lambda v: (max(v) - min(v)) or 1.0
+    norm = [((x - min(xs)) / span(xs), (y - min(ys)) / span(ys)) for x, y in points]
+    placed: list[tuple[float, float, float]] = []  # (left, right, height) of labels placed, in fractions
+    out: list[tuple[int, int, str]] = [(0, 0, "left")] * len(points)
+    for i in sorted(range(len(points)), key=lambda i: -norm[i][1]):  # top down: a clash sends the lower one under
+        (u, v), w = norm[i], widths[i]
+        left_side = u > 0.7
+        lo, hi = (u - 0.014 * w, u) if left_side else (u, u + 0.014 * w)
+        dy, top = 3, v + 0.03
+        if any(abs(top - h) < 0.06 and lo < r and l < hi for l, r, h in placed):
+            dy, top = -10, v - 0.06
+        placed.append((lo, hi, top))
+        out[i] = (-4 if left_side else 4, dy, "right" if left_side else "left")
+    return out
+
+
 def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> None:
     """Test top-1 against speedup of each ``amc eval --checkpoint`` result, as a PNG.
 
@@ -67,13 +91,17 @@ def frontier_png(results: Sequence[dict], path: str | Path, title: str = "") -> 
         xs = [[float(r[f"speedup_b{b}"]) for r in g] for g in groups]
         ys = [[float(r["top1"]) for r in g] for g in groups]
         pts = [(sum(x) / len(x), sum(y) / len(y)) for x, y in zip(xs, ys)]
+        labels = [group_label(g) for g in groups]
+        frame = pts + ([(1.0, base_top1)] if base_top1 is not None else [])  # the base sets the panel's range too
+        places = label_placements(frame, [len(t) for t in labels] + [4] * (len(frame) - len(pts)))
         for i, ((x, y), gx, gy, g, grey) in enumerate(zip(pts, xs, ys, groups, dominated(pts))):
             color = "0.65" if grey else f"C{i % 10}"  # one colour per architecture in every panel
             if len(g) > 1:
                 ax.errorbar([x], [y], xerr=[[x - min(gx)], [max(gx) - x]], yerr=[[y - min(gy)], [max(gy) - y]],
                             fmt="none", ecolor=color, elinewidth=0.8, capsize=2, zorder=2)
             ax.scatter([x], [y], s=36, zorder=3, color=color)
-            ax.annotate(group_label(g), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points",
+            dx, dy, ha = places[i]
+            ax.annotate(labels[i], (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=ha,
                         color="0.45" if grey else "black")
         if base_top1 is not None:
             ax.scatter([1.0], [base_top1], marker="*", s=90, color="black", zorder=3)

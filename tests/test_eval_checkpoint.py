@@ -275,3 +275,15 @@ def test_fine_tunes_of_one_architecture_are_one_point_with_one_label(tmp_path: P
     png = tmp_path / "f.png"
     frontier_png(rows, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_stay_inside_and_do_not_sit_on_each_other() -> None:
+    from amc.frontier import label_placements
+
+    # two points at the right edge, almost level: both labels grow leftwards, the lower one goes under its point
+    pts = [(1.0, 93.0), (1.85, 92.0), (1.86, 92.02), (1.3, 92.8)]
+    places = label_placements(pts, [4, 18, 18, 12])
+    assert places[0] == (4, 3, "left") and places[3] == (4, 3, "left")
+    assert places[2] == (-4, 3, "right") and places[1] == (-4, -10, "right")
+    # level but far apart sideways: no clash
+    assert [dy for _, dy, _ in label_placements([(1.0, 92.0), (1.5, 92.0), (2.0, 93.0)], [6, 6, 6])] == [3, 3, 3]
