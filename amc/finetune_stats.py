@@ -32,6 +32,7 @@ class FineTune:
     seed: int | None
     flops: int | None
     params: int | None
+    kept: tuple[int, ...] = ()
 
 
 def read_finetune(folder: str | Path) -> FineTune:
@@ -44,8 +45,9 @@ def read_finetune(folder: str | Path) -> FineTune:
         raise AmcError(f"{folder}: model.json has no {' or '.join(missing)}; is it a checkpoint of amc prune, "
                        "finetune or export?")
     seed = ((meta.get("finetune") or {}).get("config") or {}).get("seed")
+    kept = tuple(c.get("kept") for c in meta.get("channels") or [] if isinstance(c, dict))
     return FineTune(str(folder), float(meta["test_top1"]), float(meta["reward_top1"]),
-                    seed if isinstance(seed, int) else None, meta.get("flops"), meta.get("params"))
+                    seed if isinstance(seed, int) else None, meta.get("flops"), meta.get("params"), kept)
 
 
 def bootstrap_interval(a: Sequence[float], b: Sequence[float], resamples: int = 20000, seed: int = 0,
@@ -69,8 +71,8 @@ def compare_groups(groups: Sequence[Sequence[str | Path]], labels: Sequence[str]
     """Each group's scores, and the first group against each other one (see the module's docstring).
 
     The interval needs two fine-tunes in both groups (with one, resampling cannot show its spread)
-    and is ``None`` otherwise. A group whose folders hold different architectures (MACs or
-    parameters) is allowed, and flagged in ``mixed``: its spread is then not a fine-tune's.
+    and is ``None`` otherwise. A group whose folders hold different architectures (channels kept,
+    MACs or parameters) is allowed, and flagged in ``mixed``: its spread is then not a fine-tune's.
     """
     if len(groups) < 2:
         raise AmcError("give at least two groups to compare (--group DIR ... --group DIR ...)")
@@ -81,7 +83,7 @@ def compare_groups(groups: Sequence[Sequence[str | Path]], labels: Sequence[str]
     for label, g in zip(labels, read):
         out_groups.append({"label": label, "n": len(g), "folders": [f.folder for f in g],
                            "seeds": [f.seed for f in g], "flops": g[0].flops, "params": g[0].params,
-                           "mixed": len({(f.flops, f.params) for f in g}) > 1,
+                           "mixed": len({(f.kept, f.flops, f.params) for f in g}) > 1,
                            **{s: _summary([getattr(f, s) for f in g]) for s in SETS}})
     first = read[0]
     diffs = []

@@ -13,10 +13,11 @@ from tests.helpers import in_process, in_process_error
 
 
 def fake_finetune(root: Path, name: str, test: float, reward: float, seed: int | None = None,
-                  flops: int = 1000, params: int = 100) -> Path:
+                  flops: int = 1000, params: int = 100, kept: tuple[int, ...] = (8, 16)) -> Path:
     d = root / name
     d.mkdir()
-    meta = {"kind": "finetuned", "test_top1": test, "reward_top1": reward, "flops": flops, "params": params}
+    meta = {"kind": "finetuned", "test_top1": test, "reward_top1": reward, "flops": flops, "params": params,
+            "channels": [{"layer": f"conv{i}", "kept": k} for i, k in enumerate(kept)]}
     if seed is not None:
         meta["finetune"] = {"config": {"seed": seed}}
     (d / "model.json").write_text(json.dumps(meta))
@@ -43,6 +44,9 @@ def test_compare_groups_means_pairs_and_flags(tmp_path: Path) -> None:
     ga, gb = res["groups"]
     assert ga["test"]["mean"] == pytest.approx(92.1) and ga["test"]["std"] == pytest.approx(0.1)
     assert not ga["mixed"] and gb["mixed"]  # b's folders hold three architectures
+    # equal MACs and params, other channels kept: two architectures too
+    c = [fake_finetune(tmp_path, f"c-fs{s}", 92.0, 92.0, kept=k) for s, k in enumerate([(8, 16), (16, 8)])]
+    assert compare_groups([a, c], ["lat", "c"])["groups"][1]["mixed"]
     d = res["differences"][0]
     assert d["test"]["mean"] == pytest.approx(0.05) and d["reward"]["mean"] == pytest.approx(0.5 - 0.6 + 0.7 / 3)
     # seeds 0 and 2 are in both groups: 92.0 - 92.05 and 92.2 - 92.05
