@@ -18,6 +18,8 @@ import numpy as np
 
 from amc.checkpoint import read_json
 from amc.errors import AmcError
+from amc.frontier import architecture_key
+from amc.pruned import kept_channels
 
 SETS = ("test", "reward")
 """The two scores compared: ``test_top1`` (the headline) and ``reward_top1`` (the set that chose the epoch)."""
@@ -32,7 +34,8 @@ class FineTune:
     seed: int | None
     flops: int | None
     params: int | None
-    kept: tuple[int, ...] = ()
+    architecture: tuple = ()
+    """:func:`amc.frontier.architecture_key` of the checkpoint."""
 
 
 def read_finetune(folder: str | Path) -> FineTune:
@@ -45,9 +48,10 @@ def read_finetune(folder: str | Path) -> FineTune:
         raise AmcError(f"{folder}: model.json has no {' or '.join(missing)}; is it a checkpoint of amc prune, "
                        "finetune or export?")
     seed = ((meta.get("finetune") or {}).get("config") or {}).get("seed")
-    kept = tuple(c.get("kept") for c in meta.get("channels") or [] if isinstance(c, dict))
+    arch = architecture_key({"kind": meta.get("kind"), "kept": kept_channels(meta), "flops": meta.get("flops"),
+                             "params": meta.get("params")})
     return FineTune(str(folder), float(meta["test_top1"]), float(meta["reward_top1"]),
-                    seed if isinstance(seed, int) else None, meta.get("flops"), meta.get("params"), kept)
+                    seed if isinstance(seed, int) else None, meta.get("flops"), meta.get("params"), arch)
 
 
 def bootstrap_interval(a: Sequence[float], b: Sequence[float], resamples: int = 20000, seed: int = 0,
@@ -83,7 +87,7 @@ def compare_groups(groups: Sequence[Sequence[str | Path]], labels: Sequence[str]
     for label, g in zip(labels, read):
         out_groups.append({"label": label, "n": len(g), "folders": [f.folder for f in g],
                            "seeds": [f.seed for f in g], "flops": g[0].flops, "params": g[0].params,
-                           "mixed": len({(f.kept, f.flops, f.params) for f in g}) > 1,
+                           "mixed": len({f.architecture for f in g}) > 1,
                            **{s: _summary([getattr(f, s) for f in g]) for s in SETS}})
     first = read[0]
     diffs = []

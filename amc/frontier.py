@@ -24,16 +24,18 @@ def dominated(points: Sequence[tuple[float, float]]) -> list[bool]:
             for i, (x, y) in enumerate(points)]
 
 
-def group_by_architecture(results: Sequence[dict]) -> list[list[dict]]:
-    """The results in groups of one architecture, in first-seen order.
+def architecture_key(r: dict) -> tuple:
+    """What two checkpoints share when they are one architecture: the same kind of checkpoint (an
+    int8 model runs at another speed than its fp32 source), the same channels kept in every layer,
+    and so the same MACs and params. ``r`` has ``kind``, ``kept``, ``flops`` and ``params``."""
+    return r.get("kind"), tuple(r.get("kept") or ()), r.get("flops"), r.get("params")
 
-    One architecture: the same kind of checkpoint (an int8 model runs at another speed than its
-    fp32 source), the same channels kept in every layer, and so the same MACs and params.
-    """
+
+def group_by_architecture(results: Sequence[dict]) -> list[list[dict]]:
+    """The results in groups of one architecture (:func:`architecture_key`), in first-seen order."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        key = (r.get("kind"), tuple(r.get("kept") or ()), r.get("flops"), r.get("params"))
-        groups.setdefault(key, []).append(r)
+        groups.setdefault(architecture_key(r), []).append(r)
     return list(groups.values())
 
 

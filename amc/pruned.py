@@ -54,6 +54,11 @@ def rebuild_pruned(meta: dict) -> nn.Module:
     return slim_model(base, graph, keep)
 
 
+def kept_channels(meta: dict) -> list[int]:
+    """The channels a ``model.json`` keeps per pruned layer, in layer order (none for a base model)."""
+    return [c.get("kept") for c in meta.get("channels") or [] if isinstance(c, dict)]
+
+
 def rebuild_architecture(meta: dict) -> nn.Module:
     """The (untrained) model a ``model.json`` describes: slim when it records kept channels,
     else the unpruned model of its spec."""

@@ -16,6 +16,7 @@ import torch
 
 from amc.checkpoint import find_base_weights
 from amc.errors import AmcError
+from amc.pruned import kept_channels
 
 BATCH_SIZES = (1, 64)
 
@@ -102,7 +103,7 @@ def evaluate_checkpoints(checkpoints: Sequence[str | Path], runtime: str | None 
             "checkpoint": str(folder), "kind": meta.get("kind"), "model": meta["model"].get("name"),
             "dataset": dataset.info.name, "top1": top1, "flops": count_macs(fp32_slim, shape),
             "params": count_params(fp32_slim), "file_bytes": file_bytes,
-            "kept": [c.get("kept") for c in meta.get("channels") or []],
+            "kept": kept_channels(meta),
         }
         ms = {b: (per_batch[b][name].median_ms, per_batch[b]["base"].median_ms) for b in batch_sizes}
         res.update({f"latency_ms_b{b}": slim_ms for b, (slim_ms, _) in ms.items()})
