@@ -44,6 +44,9 @@ class ChannelPruner:
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
         crit = get_criterion(criterion)
+        if crit is None and calibration_batches is None:
+            raise AmcError(f"--criterion {criterion} ranks channels by the calibration data: it needs reconstruction "
+                           "(drop --no-reconstruct, or choose l1)")
         self._use_graph(build_layer_graph(model, self.input_shape, coupled), crit)
         bad = self._shuffle_mismatches()
         if bad:
@@ -61,11 +64,16 @@ class ChannelPruner:
                                f"{_size(max_cache_bytes)} (--max-cache-mb); raise the limit, or prune "
                                "without reconstruction (--no-reconstruct)")
             self.cache = FeatureCache(model, self.graph, calibration_batches, points_per_image, seed, progress=progress)
+        if crit is None:  # a data criterion: scored now that the cache exists (l1 until then, for the shuffle probe)
+            from amc.greedy_selection import greedy_ls
+
+            self.scores = [greedy_ls(model, g, self.cache) for g in self.graph.groups]
 
     def _use_graph(self, graph: LayerGraph, crit) -> None:
         self.graph = graph
         self.flops, self.params = ResourceModel(graph, "flops"), ResourceModel(graph, "params")
-        self.scores = [crit(self.model, g) for g in graph.groups]
+        static = crit or get_criterion("l1")
+        self.scores = [static(self.model, g) for g in graph.groups]
 
     def _shuffle_mismatches(self) -> dict[str, str]:
         """The sets through a channel shuffle (a probed reshape) whose slim model does not equal the masked one,

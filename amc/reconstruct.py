@@ -42,6 +42,9 @@ class FeatureCache:
         self.xtx: dict[str, torch.Tensor] = {}
         self.xty: dict[str, torch.Tensor] = {}
         self.rows: dict[str, int] = {n: 0 for n in self.layers}
+        self.out_scale: dict[str, torch.Tensor] = {}
+        """Per consumer whose output goes straight into a BatchNorm: that norm's per-channel scale
+        ``gamma / sqrt(var + eps)`` (float64), so errors can be weighed as the network sees them."""
         self.underdetermined: dict[str, tuple[int, int]] = {}
         """Layers refitted with fewer calibration rows than unknowns: (rows, unknowns), warned once each."""
         self._collect(model, batches, points_per_image, seed, progress)
@@ -67,9 +70,17 @@ class FeatureCache:
     def _collect(self, model: nn.Module, batches: Iterable[torch.Tensor], points: int, seed: int, progress: bool) -> None:
         g = torch.Generator().manual_seed(seed)
         names = {m: n for n, m in model.named_modules()}
+        outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the consumers' outputs of this forward, by id
+
+        def norm_hook(m: nn.Module, inp: tuple) -> None:
+            seen = outputs.get(id(inp[0]))
+            if seen is not None and seen[1] is inp[0] and m.running_var is not None:
+                self.out_scale[seen[0]] = (m.weight.detach() if m.affine else torch.ones_like(m.running_var)).double().cpu() \
+                    / (m.running_var.double().cpu() + m.eps).sqrt()
 
         def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             name = names[m]
+            outputs[id(out)] = (name, out)
             x = inp[0].detach()
             y = out.detach()
             if m.bias is not None:
@@ -95,11 +106,14 @@ class FeatureCache:
 
         wanted = set(self.layers)
         handles = [m.register_forward_hook(hook) for m, n in names.items() if n in wanted]
+        handles += [m.register_forward_pre_hook(norm_hook) for m in names
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         model.eval()
         dev = next(model.parameters()).device
         try:
             for x in tqdm(batches, desc="calibration", disable=not progress, leave=False):
                 model(x.to(dev))
+                outputs.clear()
         finally:
             for h in handles:
                 h.remove()

@@ -4,6 +4,7 @@
 The default, ``l1``, is AMC's: score each channel by the L1 norm of the consumers' weight
 slices that read it (summed over outputs and kernel). Criteria are plain functions of the
 original model and the group, registered in :data:`CRITERIA`, so new ones plug in by name.
+``greedy-ls`` (:mod:`amc.greedy_selection`) also reads the calibration data.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from amc.errors import AmcError
 from amc.graph import ChannelGroup
+from amc.spec import DATA_CRITERIA
 
 Criterion = Callable[[nn.Module, ChannelGroup], torch.Tensor]
 
@@ -40,9 +42,13 @@ def l1_producer(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 CRITERIA: dict[str, Criterion] = {"l1": l1_consumer, "l1-producer": l1_producer}
 
 
-def get_criterion(name: str) -> Criterion:
+
+def get_criterion(name: str) -> Criterion | None:
+    """The weight-only criterion ``name``; None for a data criterion (scored after calibration)."""
+    if name in DATA_CRITERIA:
+        return None
     if name not in CRITERIA:
-        raise AmcError(f"unknown channel criterion {name!r}; choose one of {', '.join(CRITERIA)}")
+        raise AmcError(f"unknown channel criterion {name!r}; choose one of {', '.join([*CRITERIA, *DATA_CRITERIA])}")
     return CRITERIA[name]
 
 

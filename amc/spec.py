@@ -23,6 +23,8 @@ from amc.options import MAX_SEED, option, seed_int
 MODEL, DATA, PRUNER, BUDGET, LATENCY = "model", "data", "pruner", "budget", "latency"
 RESOURCES = ("flops", "params", "latency")
 RUNTIMES = ("torch", "ort")
+DATA_CRITERIA = ("greedy-ls",)
+"""Channel criteria that rank by the calibration data (:mod:`amc.greedy_selection`): with reconstruction only."""
 RECORDED = ("model", "dataset", "reward_set_size", "split_seed", "coupled", "criterion", "channel_round",
             "reconstruct", "calib_batches", "calib_batch_size", "points_per_image", "seed")
 """The settings every spec record has held since the first release."""
@@ -58,7 +60,9 @@ class PruneSpec:
     # --- the pruner
     coupled: str = option("skip", "residual-tied channels: leave alone (skip) or prune each set with one shared "
                                   "ratio (shared)", group=PRUNER, choices=("skip", "shared"))
-    criterion: str = option("l1", "channel selection: l1 (the consumer's weights) or l1-producer", group=PRUNER)
+    criterion: str = option("l1", "channel selection: l1 (the consumer's weights; AMC's), l1-producer, or greedy-ls "
+                                  "(drop first the channel whose loss the least-squares refit repairs best, "
+                                  "from the calibration data)", group=PRUNER)
     channel_round: int = option(1, "keep a multiple of this many channels (8 suits CPU kernels and ImageNet nets)",
                                 group=PRUNER)
     reconstruct: bool = option(True, "skip the least-squares refit of the pruned layers", group=PRUNER)
@@ -107,6 +111,9 @@ class PruneSpec:
                 raise AmcError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         if isinstance(self.bn_recal, bool) or not isinstance(self.bn_recal, int) or self.bn_recal < 0:
             raise AmcError(f"--bn-recal must be >= 0, got {self.bn_recal}")
+        if self.criterion in DATA_CRITERIA and not self.reconstruct:
+            raise AmcError(f"--criterion {self.criterion} ranks channels by the calibration data: it needs "
+                           "reconstruction (drop --no-reconstruct, or choose l1)")
         if self.coupled not in ("skip", "shared"):
             raise AmcError(f"coupled must be 'skip' or 'shared', got {self.coupled!r}")
         if self.max_cache_mb is not None and not (_finite(self.max_cache_mb) and self.max_cache_mb > 0):
@@ -203,8 +210,10 @@ class PruneSpec:
         calibration = splits.calibration_batches(self.calib_batches, self.calib_batch_size, self.seed) \
             if calibrate else None
         limit = None if self.max_cache_mb is None else int(self.max_cache_mb * 2**20)
+        # without calibration only the counts are used (timing, tables): any criterion's order will do
+        criterion = self.criterion if calibration is not None or self.criterion not in DATA_CRITERIA else "l1"
         pruner = ChannelPruner(model, splits.train.shape, calibration, coupled=self.coupled,
-                               criterion=self.criterion, points_per_image=self.points_per_image, seed=self.seed,
+                               criterion=criterion, points_per_image=self.points_per_image, seed=self.seed,
                                progress=progress, max_cache_bytes=limit)
         if self.budget == "latency" if latency is None else latency:
             pruner.use_latency(self.latency_model(pruner, progress))

@@ -76,7 +76,7 @@ def test_ties_keep_the_lower_index_and_unknown_criteria_are_refused() -> None:
     assert top_k(torch.tensor([1.0, 2.0, 2.0, 1.0]), 1).tolist() == [1]
     assert top_k(torch.tensor([1.0, 1.0, 1.0]), 2).tolist() == [0, 1]
     assert get_criterion("l1") is CRITERIA["l1"]
-    with pytest.raises(AmcError, match=exactly("unknown channel criterion 'magic'; choose one of l1, l1-producer")):
+    with pytest.raises(AmcError, match=exactly("unknown channel criterion 'magic'; choose one of l1, l1-producer, greedy-ls")):
         get_criterion("magic")
 
 
