@@ -10,6 +10,7 @@ instead of the official code's sklearn fit on 30k rows per layer per episode.
 from __future__ import annotations
 
 import sys
+import weakref
 from typing import Iterable
 
 import torch
@@ -70,17 +71,18 @@ class FeatureCache:
     def _collect(self, model: nn.Module, batches: Iterable[torch.Tensor], points: int, seed: int, progress: bool) -> None:
         g = torch.Generator().manual_seed(seed)
         names = {m: n for n, m in model.named_modules()}
-        outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the consumers' outputs of this forward, by id
+        # the consumers' outputs of this forward, by id; weak, so no activation outlives its use
+        outputs: dict[int, tuple[str, weakref.ref]] = {}
 
         def norm_hook(m: nn.Module, inp: tuple) -> None:
             seen = outputs.get(id(inp[0]))
-            if seen is not None and seen[1] is inp[0] and m.running_var is not None:
+            if seen is not None and seen[1]() is inp[0] and m.running_var is not None:
                 self.out_scale[seen[0]] = (m.weight.detach() if m.affine else torch.ones_like(m.running_var)).double().cpu() \
                     / (m.running_var.double().cpu() + m.eps).sqrt()
 
         def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             name = names[m]
-            outputs[id(out)] = (name, out)
+            outputs[id(out)] = (name, weakref.ref(out))
             x = inp[0].detach()
             y = out.detach()
             if m.bias is not None:
