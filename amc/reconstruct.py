@@ -77,8 +77,8 @@ class FeatureCache:
         def norm_hook(m: nn.Module, inp: tuple) -> None:
             seen = outputs.get(id(inp[0]))
             if seen is not None and seen[1]() is inp[0] and m.running_var is not None:
-                self.out_scale[seen[0]] = (m.weight.detach() if m.affine else torch.ones_like(m.running_var)).double().cpu() \
-                    / (m.running_var.double().cpu() + m.eps).sqrt()
+                gamma = m.weight.detach() if m.affine else torch.ones_like(m.running_var)
+                self.out_scale[seen[0]] = gamma.double().cpu() / (m.running_var.double().cpu() + m.eps).sqrt()
 
         def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             name = names[m]

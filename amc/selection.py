@@ -42,7 +42,6 @@ def l1_producer(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
 CRITERIA: dict[str, Criterion] = {"l1": l1_consumer, "l1-producer": l1_producer}
 
 
-
 def get_criterion(name: str) -> Criterion | None:
     """The weight-only criterion ``name``; None for a data criterion (scored after calibration)."""
     if name in DATA_CRITERIA:

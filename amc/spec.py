@@ -211,7 +211,8 @@ class PruneSpec:
             if calibrate else None
         limit = None if self.max_cache_mb is None else int(self.max_cache_mb * 2**20)
         # without calibration only the counts are used (timing, tables): any criterion's order will do
-        criterion = self.criterion if calibration is not None or self.criterion not in DATA_CRITERIA else "l1"
+        counts_only = calibration is None and self.criterion in DATA_CRITERIA
+        criterion = "l1" if counts_only else self.criterion
         pruner = ChannelPruner(model, splits.train.shape, calibration, coupled=self.coupled,
                                criterion=criterion, points_per_image=self.points_per_image, seed=self.seed,
                                progress=progress, max_cache_bytes=limit)
