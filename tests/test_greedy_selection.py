@@ -27,23 +27,8 @@ from amc.spec import PruneSpec
 
 from helpers import FIXTURES, TINY_NET, exactly, in_process_error
 from test_grouped import _random_counts
+from test_reconstruct import conv_then_linear, fitted  # noqa: F401 (fitted: a fixture, shared)
 from test_surgery import INPUT, assert_same_outputs, calibration, randomize_bn
-
-
-def conv_then_linear() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 6))
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    torch.manual_seed(0)
-    model = conv_then_linear().eval()
-    g = torch.Generator().manual_seed(1)
-    batches = [torch.randn(32, 3, 10, 10, generator=g) for _ in range(4)]
-    graph = build_layer_graph(model, (3, 10, 10))
-    assert [g.consumers for g in graph.groups] == [["2"], ["6"]]
-    return model, graph, FeatureCache(model, graph, batches, points_per_image=10, seed=0)
 
 
 def brute_force_order(model: nn.Module, cache: FeatureCache, layer: str, channels: int) -> list[int]:
@@ -62,7 +47,7 @@ def brute_force_order(model: nn.Module, cache: FeatureCache, layer: str, channel
 
 @pytest.mark.parametrize("layer,group", [("2", 0), ("6", 1)], ids=["conv3x3", "linear"])
 def test_the_order_is_brute_force_greedy_by_refit(fitted, layer: str, group: int) -> None:
-    model, graph, cache = fitted
+    model, graph, cache, _ = fitted
     channels = graph.groups[group].channels
     scores = greedy_ls(model, graph.groups[group], cache, chunk=channels + 1)  # one channel per step
     assert sorted(scores.tolist()) == list(range(channels))
@@ -103,7 +88,7 @@ def test_errors_are_weighed_as_the_following_batchnorm_scales_them() -> None:
 
 
 def test_chunks_drop_several_at_once_and_keep_every_score_distinct(fitted) -> None:
-    model, graph, cache = fitted
+    model, graph, cache, _ = fitted
     one = greedy_ls(model, graph.groups[1], cache, chunk=13)
     four = greedy_ls(model, graph.groups[1], cache, chunk=3)  # 12 channels: 4, then 2 ... at a time
     assert sorted(four.tolist()) == list(range(12))
